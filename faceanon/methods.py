@@ -93,7 +93,11 @@ class Method(abc.ABC):
         rng: np.random.Generator,
     ) -> list[np.ndarray]:
         """Anonymize a set of images; the default treats each image on its own."""
-        return [self.anonymize(image, b, k=k, rng=rng) for image, b in zip(images, boxes)]
+        if len(images) != len(boxes):
+            raise MethodError(f"{len(images)} images but {len(boxes)} box lists")
+        return [
+            self.anonymize(image, b, k=k, rng=rng) for image, b in zip(images, boxes, strict=True)
+        ]
 
     def describe(self) -> dict:
         """What the leaderboard and the CLI show about this method."""
@@ -145,3 +149,203 @@ def get_method(name: str, **options) -> Method:
             raise MethodError(f"unknown method {name!r}; known methods: {known}")
         cls = plugins[name].load()
     return cls(**options)
+
+
+# ---------------------------------------------------------------------------------------
+# Ad-hoc methods
+#
+# They share three rules: boxes are clipped to the image and a box wholly outside it (or
+# with no area) is ignored; each box is processed on its own crop, so only pixels inside
+# the box are read and written; boxes are processed in order, so where boxes overlap a
+# later box works on the result of an earlier one. OpenCV is imported inside the methods
+# so that listing the registry stays cheap.
+
+
+def _prepare(image: np.ndarray) -> np.ndarray:
+    """A private RGB ``uint8`` copy of ``image`` (grey and RGBA are converted first)."""
+    from faceanon.imageio import to_rgb
+
+    return np.array(to_rgb(np.asarray(image)), dtype=np.uint8, copy=True)
+
+
+def _clipped(boxes: Sequence[Box], shape: Sequence[int]) -> list[Box]:
+    from faceanon.detect import clip_box
+
+    return [box for box in (clip_box(b, shape) for b in boxes) if box is not None]
+
+
+def _gaussian_sigma(k: int) -> float:
+    # OpenCV's rule for sigma from the kernel size (getGaussianKernel with sigma <= 0),
+    # applied to k itself, so an even k is slightly weaker than k + 1 and k = 2 still blurs.
+    return 0.3 * ((k - 1) * 0.5 - 1) + 0.8
+
+
+class Blur(Method):
+    """Gaussian smoothing of each box with a ``k x k`` kernel.
+
+    For odd ``k`` this is ``cv2.GaussianBlur(crop, (k, k), 0)``. A centred kernel needs an
+    odd size, so an even ``k`` uses a ``(k + 1) x (k + 1)`` kernel with the sigma OpenCV
+    would derive for ``k``: strength still grows with every step of ``k``. The crop is
+    padded by repeating its edge pixels, so only pixels inside the box are used (as in the
+    seed study). ``k = 1`` leaves the image unchanged.
+    """
+
+    name = "blur"
+    k_meaning = "side of the Gaussian kernel in pixels (1 = unchanged; larger hides more)"
+    k_range = (1, None)
+    neutral_k = 1
+    stronger = "higher"
+
+    def anonymize(self, image, boxes, *, k, rng):
+        import cv2
+
+        k = self.check_k(k)
+        out = _prepare(image)
+        if k == 1:
+            return out
+        size = k if k % 2 else k + 1
+        sigma = _gaussian_sigma(k)
+        for x, y, w, h in _clipped(boxes, out.shape):
+            crop = out[y : y + h, x : x + w]
+            out[y : y + h, x : x + w] = cv2.GaussianBlur(
+                crop, (size, size), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REPLICATE
+            )
+        return out
+
+
+class Pixelate(Method):
+    """Down-sample each box to ``k x k`` pixels and scale it back up.
+
+    The seed study's definition: a SMALLER ``k`` hides more. Down-sampling averages
+    (``INTER_AREA``), up-sampling repeats (``INTER_NEAREST``), giving flat blocks. A side of
+    the box that is ``k`` pixels or shorter is kept at full resolution, so ``k`` at or
+    above the box's size leaves it unchanged; there is no fixed neutral ``k``.
+    """
+
+    name = "pixelate"
+    k_meaning = (
+        "blocks per side of the face box (smaller hides more; k >= the box size leaves it "
+        "unchanged)"
+    )
+    k_range = (1, None)
+    neutral_k = None
+    stronger = "lower"
+
+    def anonymize(self, image, boxes, *, k, rng):
+        import cv2
+
+        k = self.check_k(k)
+        out = _prepare(image)
+        for x, y, w, h in _clipped(boxes, out.shape):
+            small_w, small_h = min(k, w), min(k, h)
+            if (small_w, small_h) == (w, h):
+                continue
+            crop = out[y : y + h, x : x + w]
+            small = cv2.resize(crop, (small_w, small_h), interpolation=cv2.INTER_AREA)
+            out[y : y + h, x : x + w] = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+        return out
+
+
+class Noise(Method):
+    """Replace ``k`` % of the pixels of each box with uniformly random RGB colours.
+
+    Exactly ``round(k / 100 * n)`` of a box's ``n`` pixels are drawn, without replacement.
+    For a given seed the pixels chosen at a lower ``k`` are a subset of those at a higher
+    ``k`` and get the same colours (one permutation and one colour per pixel are drawn
+    whatever ``k`` is, and the first ones are used), so a stronger ``k`` never changes
+    fewer pixels. Where boxes overlap, a pixel belongs to the first box that holds it, so
+    no pixel is drawn twice.
+    """
+
+    name = "noise"
+    k_meaning = "percentage of the face box's pixels replaced by random colours (0 = unchanged)"
+    k_range = (0, 100)
+    neutral_k = 0
+    stronger = "higher"
+
+    def anonymize(self, image, boxes, *, k, rng):
+        k = self.check_k(k)
+        out = _prepare(image)
+        taken = np.zeros(out.shape[:2], dtype=bool)
+        for x, y, w, h in _clipped(boxes, out.shape):
+            free = ~taken[y : y + h, x : x + w]
+            rows, cols = np.nonzero(free)
+            taken[y : y + h, x : x + w] = True
+            n = rows.size
+            if n == 0:
+                continue
+            order = rng.permutation(n)
+            colours = rng.integers(0, 256, size=(n, 3), dtype=np.uint8)
+            count = round(k / 100 * n)
+            chosen = order[:count]
+            out[rows[chosen] + y, cols[chosen] + x] = colours[:count]
+        return out
+
+
+def _parse_colour(colour) -> tuple[int, int, int]:
+    values = tuple(int(c) for c in colour)
+    if len(values) != 3 or not all(0 <= c <= 255 for c in values):
+        raise MethodError(f"colour must be three values 0..255, got {colour!r}")
+    return values  # type: ignore[return-value]
+
+
+class Blackout(Method):
+    """Fill each box with one colour (black unless ``colour`` says otherwise).
+
+    There is no strength: ``k`` is ignored (``k_range`` is ``None``), and the command line
+    and the benchmark record it as ignored.
+    """
+
+    name = "blackout"
+    k_meaning = "ignored: the box is always filled completely"
+    k_range = None
+    neutral_k = None
+    stronger = "none"
+
+    def __init__(self, *, colour: Sequence[int] = (0, 0, 0)):
+        self.colour = _parse_colour(colour)
+
+    def anonymize(self, image, boxes, *, k, rng):
+        out = _prepare(image)
+        for x, y, w, h in _clipped(boxes, out.shape):
+            out[y : y + h, x : x + w] = self.colour
+        return out
+
+
+class EyeMask(Method):
+    """A bar over the eyes of each face box (the classic "black bar").
+
+    Inside each face box the eyes are searched with the Haar eye cascade, then with the
+    eye-glasses cascade when the first finds none (:func:`faceanon.detect.eye_band`). The
+    bar spans the eyes found, padded by ``padding`` times the eye size, and is widened to
+    the full face width when only one eye was found. When no eye is found, the bar is
+    placed from the face box's geometry (15-50 % of its height, full width). The bar is
+    always kept inside the face box. There is no strength: ``k`` is ignored.
+    """
+
+    name = "mask"
+    k_meaning = "ignored: the bar always covers both eyes"
+    k_range = None
+    neutral_k = None
+    stronger = "none"
+
+    def __init__(self, *, colour: Sequence[int] = (0, 0, 0), padding: float = 0.25):
+        self.colour = _parse_colour(colour)
+        if padding < 0:
+            raise MethodError(f"padding must be >= 0, got {padding}")
+        self.padding = float(padding)
+
+    def bars(self, image: np.ndarray, boxes: Sequence[Box]) -> list[tuple[Box, bool]]:
+        """The bar of every face box that lies in the image, with whether eyes were found."""
+        from faceanon.detect import eye_band, to_grey
+
+        rgb = _prepare(image)
+        grey = to_grey(rgb)
+        found = (eye_band(rgb, box, padding=self.padding, grey=grey) for box in boxes)
+        return [band for band in found if band is not None]
+
+    def anonymize(self, image, boxes, *, k, rng):
+        out = _prepare(image)
+        for (x, y, w, h), _ in self.bars(out, boxes):
+            out[y : y + h, x : x + w] = self.colour
+        return out
