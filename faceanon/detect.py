@@ -394,7 +394,8 @@ def eye_band(
     """The horizontal band over the eyes of one face, kept inside the face box.
 
     The eye detectors are tried in order (by default plain eyes, then eyes behind
-    glasses) and the first that finds any eye wins. The band spans the found eyes, grown by
+    glasses) until one finds both eyes; otherwise the one that found most wins (the
+    earlier on a tie). The band spans the found eyes, grown by
     ``padding`` times the eye size on every side, and is stretched to the face's full width
     when only one eye was found, so the other eye is not left bare. When no detector finds
     an eye, the band is placed from the face geometry (15-50 % of the face height, full
@@ -414,10 +415,14 @@ def eye_band(
     if eye_detectors is None:
         eye_detectors = (get_detector("haar-eyes"), get_detector("haar-glasses"))
     fx, fy, fw, fh = face_box
+    eyes: list[Detection] = []
     for detector in eye_detectors:
-        eyes = detector.detect_in_face(grey, face_box)
-        if not eyes:
-            continue
+        found = detector.detect_in_face(grey, face_box)
+        if len(found) > len(eyes):
+            eyes = found
+        if len(eyes) == 2:
+            break
+    if eyes:
         left = min(e.x for e in eyes)
         top = min(e.y for e in eyes)
         right = max(e.x + e.w for e in eyes)
