@@ -36,6 +36,7 @@ import click
 import numpy as np
 
 from faceanon.imageio import ImageReadError, is_image_path, read_image, write_image
+from faceanon.methods import available_methods
 
 ON_MISS = ("fail", "skip", "whole")
 
@@ -200,7 +201,7 @@ class Reporter:
     "method_name",
     default="pixelate",
     show_default=True,
-    help="Anonymization method (see the list in the method registry).",
+    help=f"Anonymization method: {', '.join(available_methods())}.",
 )
 @click.option(
     "--k",
