@@ -1,0 +1,409 @@
+"""A conditional GAN that replaces faces, after DeepPrivacy (Hukkelas, Mester, Lindseth 2019).
+
+The generator is a U-Net. Its input is a square context crop around the face in which the
+face box is blanked (so it never sees the face it replaces), the box mask, seven sparse
+keypoints drawn as small Gaussian maps (eye centres, nose tip, mouth corners, jaw ends, from
+dlib's 68 landmarks) and a latent noise vector that enters at the bottleneck. It paints a new
+face that fits the pose and the surroundings; only the box is pasted back into the image.
+
+The original DeepPrivacy weights are no longer downloadable, so faceanon trains its own on
+lfw-singletons only (``faceanon train-gan``, see :mod:`faceanon.gan_training`) and ships the
+EMA generator in ``faceanon/weights/``. The model card beside the weights says how they
+were made.
+
+torch is imported lazily by the method, so listing methods stays light.
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from faceanon.landmarks import KEYPOINT_NAMES, clip_box, face_keypoints, feather_mask
+from faceanon.methods import Box, Method, MethodError
+
+try:  # torch is the optional "gan" extra; the method says so when it is missing.
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+except ImportError:  # pragma: no cover - exercised only without torch
+    torch = None
+    nn = None
+    F = None
+
+#: Default weights, shipped with the package.
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "deepprivacy64.pt"
+#: Marks a faceanon DeepPrivacy checkpoint, so that a wrong ``.pt`` file is named as such.
+WEIGHTS_FORMAT = "faceanon-deepprivacy"
+#: The context crop is this many times the longer box side, centred on the box.
+CONTEXT = 2.0
+#: Keypoint Gaussians have this standard deviation, in model pixels.
+KEYPOINT_SIGMA = 1.2
+
+
+class WeightsError(MethodError):
+    """A weights file is missing, unreadable or not a faceanon DeepPrivacy checkpoint."""
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Everything needed to rebuild a generator from its state dict."""
+
+    resolution: int = 64
+    channels: tuple[int, ...] = (32, 64, 128, 192)
+    bottleneck: int = 192
+    z_dim: int = 32
+    keypoints: int = len(KEYPOINT_NAMES)
+
+
+def _require_torch():
+    if torch is None:
+        raise MethodError(
+            "deepprivacy needs torch; install the gan extra: pip install 'faceanon[gan]'"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Geometry shared by training and inference: both must cut the context crop the same way.
+
+
+def crop_matrix(box: Sequence[float], resolution: int, *, context: float = CONTEXT) -> np.ndarray:
+    """``2x3`` matrix mapping image coordinates to the model's square context crop.
+
+    The crop is centred on the box and its side is ``context`` times the longer box side, so
+    a face fills the central half of the crop whatever the image size.
+    """
+    x, y, w, h = (float(v) for v in box)
+    side = context * max(w, h, 1.0)
+    scale = resolution / side
+    cx, cy = x + w / 2.0, y + h / 2.0
+    return np.array(
+        [[scale, 0.0, resolution / 2.0 - scale * cx], [0.0, scale, resolution / 2.0 - scale * cy]],
+        dtype=np.float64,
+    )
+
+
+def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a ``2x3`` affine matrix to ``(n, 2)`` points."""
+    points = np.asarray(points, dtype=np.float64)
+    return (points @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
+
+
+def box_mask(box_in_crop: Sequence[float], resolution: int) -> np.ndarray:
+    """float32 ``(resolution, resolution)`` mask of the box, rounded outwards.
+
+    Rounding outwards means every pixel the face touches is blanked: the generator must
+    never see a sliver of the face it replaces.
+    """
+    x0, y0, x1, y1 = box_in_crop
+    mask = np.zeros((resolution, resolution), dtype=np.float32)
+    # Half a pixel more on each side: warpAffine samples at pixel centres and bilinear
+    # interpolation reaches one neighbour further.
+    c0, r0 = max(int(math.floor(x0 - 0.5)), 0), max(int(math.floor(y0 - 0.5)), 0)
+    c1 = min(int(math.ceil(x1 + 0.5)), resolution)
+    r1 = min(int(math.ceil(y1 + 0.5)), resolution)
+    if c1 > c0 and r1 > r0:
+        mask[r0:r1, c0:c1] = 1.0
+    return mask
+
+
+def keypoint_maps(keypoints, resolution: int, *, sigma: float = KEYPOINT_SIGMA):
+    """Gaussian maps ``(B, K, R, R)`` for keypoints ``(B, K, 2)`` given in model pixels.
+
+    Points outside the crop give empty maps rather than a blob clamped to the border.
+    """
+    _require_torch()
+    keypoints = torch.as_tensor(keypoints, dtype=torch.float32)
+    grid = torch.arange(resolution, dtype=torch.float32) + 0.5
+    dx = grid.view(1, 1, 1, -1) - keypoints[..., 0, None, None]
+    dy = grid.view(1, 1, -1, 1) - keypoints[..., 1, None, None]
+    maps = torch.exp(-(dx * dx + dy * dy) / (2.0 * sigma * sigma))
+    inside = (
+        (keypoints[..., 0] >= 0)
+        & (keypoints[..., 0] < resolution)
+        & (keypoints[..., 1] >= 0)
+        & (keypoints[..., 1] < resolution)
+    )
+    return maps * inside[..., None, None].float()
+
+
+def generator_input(images, masks, keypoints, resolution: int):
+    """The conditioning tensor: blanked crop (3), mask (1), keypoint maps (K).
+
+    ``images`` are ``(B, 3, R, R)`` in ``[-1, 1]``, ``masks`` ``(B, 1, R, R)`` with 1 on the
+    face box. The box is set to 0 (mid grey) before anything reaches the generator.
+    """
+    blanked = images * (1.0 - masks)
+    return torch.cat([blanked, masks, keypoint_maps(keypoints, resolution)], dim=1)
+
+
+# --------------------------------------------------------------------------------------
+# Networks. Defined only when torch is importable.
+
+if torch is not None:
+
+    class PixelNorm(nn.Module):
+        """Normalise each pixel's feature vector; DeepPrivacy's (and ProGAN's) stabiliser."""
+
+        def forward(self, x):
+            return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+
+    def _block(c_in: int, c_out: int, *, stride: int = 1, norm: bool = True) -> nn.Sequential:
+        layers = [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.LeakyReLU(0.2)]
+        if norm:
+            layers.append(PixelNorm())
+        return nn.Sequential(*layers)
+
+    class Generator(nn.Module):
+        """U-Net generator: conditioning ``(B, 4+K, R, R)`` and noise ``(B, z_dim)`` to RGB."""
+
+        def __init__(self, config: GeneratorConfig = GeneratorConfig()):
+            super().__init__()
+            self.config = config
+            ch = config.channels
+            c_cond = 4 + config.keypoints
+            # The two finest levels get one convolution each and no pixel norm: on the CPU
+            # they cost most of the time, and the coarse levels carry the face structure.
+            self.stem = _block(c_cond, ch[0], norm=False)
+            self.down = nn.ModuleList(
+                _block(ch[i], ch[i + 1], stride=2, norm=i > 0)
+                if i == 0
+                else nn.Sequential(_block(ch[i], ch[i + 1], stride=2), _block(ch[i + 1], ch[i + 1]))
+                for i in range(len(ch) - 1)
+            )
+            self.to_bottleneck = _block(ch[-1], config.bottleneck, stride=2)
+            self.bottleneck_size = config.resolution // 2 ** len(ch)
+            self.z_channels = 32
+            self.from_z = nn.Linear(config.z_dim, self.z_channels * self.bottleneck_size**2)
+            self.mix = _block(config.bottleneck + self.z_channels, config.bottleneck)
+            # Decoder levels mirror the encoder; each sees its skip and the keypoint maps
+            # again so that the pose steers every scale, not only the first layer.
+            ups = []
+            c_prev = config.bottleneck
+            for i in reversed(range(len(ch))):
+                c_in = c_prev + ch[i] + config.keypoints
+                if i <= 1:
+                    ups.append(_block(c_in, ch[i], norm=i > 0))
+                else:
+                    ups.append(nn.Sequential(_block(c_in, ch[i]), _block(ch[i], ch[i])))
+                c_prev = ch[i]
+            self.up = nn.ModuleList(ups)
+            self.to_rgb = nn.Conv2d(ch[0], 3, 1)
+
+        def forward(self, cond, z):
+            keypoints = cond[:, 4:]
+            skips = []
+            x = self.stem(cond)
+            skips.append(x)
+            for layer in self.down:
+                x = layer(x)
+                skips.append(x)
+            x = self.to_bottleneck(x)
+            zmap = self.from_z(z).view(
+                -1, self.z_channels, self.bottleneck_size, self.bottleneck_size
+            )
+            x = self.mix(torch.cat([x, zmap], dim=1))
+            for layer, skip in zip(self.up, reversed(skips), strict=True):
+                x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+                kp = F.adaptive_max_pool2d(keypoints, skip.shape[-2:])
+                x = layer(torch.cat([x, skip, kp], dim=1))
+            return torch.tanh(self.to_rgb(x))
+
+    class Discriminator(nn.Module):
+        """Small conditional discriminator over image, mask and keypoint maps."""
+
+        def __init__(self, config: GeneratorConfig = GeneratorConfig()):
+            super().__init__()
+            c_in = 4 + config.keypoints
+            ch = (32, 64, 128, 256, 256)
+            layers = [_block(c_in, ch[0], norm=False)]
+            for i in range(len(ch) - 1):
+                layers.append(_block(ch[i], ch[i + 1], stride=2, norm=False))
+            self.features = nn.Sequential(*layers)
+            side = config.resolution // 2 ** (len(ch) - 1)
+            self.head = nn.Linear(ch[-1] * side * side, 1)
+
+        def forward(self, images, cond):
+            x = torch.cat([images, cond[:, 3:]], dim=1)
+            return self.head(self.features(x).flatten(1)).squeeze(1)
+
+
+def count_parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# --------------------------------------------------------------------------------------
+# Weights files.
+
+
+def save_generator(path, generator, *, metadata: dict | None = None, half: bool = True) -> None:
+    """Write a generator's state dict and config, fp16 by default, through a temporary file."""
+    path = Path(path)
+    state = {
+        name: (t.detach().half() if half and t.is_floating_point() else t.detach()).clone()
+        for name, t in generator.state_dict().items()
+    }
+    config = asdict(generator.config)
+    config["channels"] = list(config["channels"])
+    payload = {
+        "format": WEIGHTS_FORMAT,
+        "version": 1,
+        "config": config,
+        "state_dict": state,
+        "metadata": metadata or {},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_generator(path) -> Generator:
+    """Load a generator written by :func:`save_generator` for inference (eval mode, fp32).
+
+    Raises
+    ------
+    WeightsError
+        When the file is missing, truncated or corrupt, or holds something else.
+    """
+    _require_torch()
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(
+            f"deepprivacy weights not found: {path} (train them with `faceanon train-gan`, "
+            "or pass --weights PATH)"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, Exception) as error:
+        raise WeightsError(
+            f"deepprivacy weights unreadable: {path} is corrupt or not a torch file ({error})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
+        raise WeightsError(f"{path}: not a faceanon deepprivacy weights file")
+    try:
+        raw = dict(payload["config"])
+        raw["channels"] = tuple(raw["channels"])
+        generator = Generator(GeneratorConfig(**raw))
+        generator.load_state_dict({k: v.float() for k, v in payload["state_dict"].items()})
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise WeightsError(f"{path}: weights do not match the generator ({error})") from None
+    generator.eval()
+    return generator
+
+
+# --------------------------------------------------------------------------------------
+# The method.
+
+
+class DeepPrivacy(Method):
+    """Replace each face with one a conditional GAN paints from the surroundings and pose.
+
+    Parameters
+    ----------
+    weights
+        A checkpoint written by ``faceanon train-gan``; default the shipped
+        ``faceanon/weights/deepprivacy64.pt``.
+    feather
+        Width of the blend ramp inside the box, as a share of its shorter side; 0 pastes a
+        hard-edged box. The ramp lies inside the box, so pixels outside never change.
+    """
+
+    name = "deepprivacy"
+    k_meaning = "not used: the face is always replaced by a generated one"
+    k_range = None
+    neutral_k = None
+    stronger = "none"
+
+    def __init__(self, *, weights: str | Path | None = None, feather: float = 0.12):
+        _require_torch()
+        self.weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+        self.feather = float(feather)
+        self._generator = None
+
+    @property
+    def generator(self):
+        """The generator, loaded on first use and then kept."""
+        if self._generator is None:
+            self._generator = load_generator(self.weights)
+        return self._generator
+
+    def describe(self) -> dict:
+        info = super().describe()
+        info["weights"] = str(self.weights)
+        return info
+
+    def anonymize(
+        self,
+        image: np.ndarray,
+        boxes: Sequence[Box],
+        *,
+        k: int | None = None,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        """Return a copy of ``image`` with every face box replaced by a generated face.
+
+        The noise for each face is drawn from ``rng``, so a seed gives the same faces.
+        """
+        self.check_k(k)
+        out = np.array(image, dtype=np.uint8, copy=True)
+        generator = self.generator
+        resolution = generator.config.resolution
+        for raw_box in boxes:
+            box = clip_box(raw_box, image.shape)
+            if box is None:
+                continue
+            z = rng.standard_normal(generator.config.z_dim).astype(np.float32)
+            self._replace(out, image, box, z, generator, resolution)
+        return out
+
+    def _replace(self, out, image, box, z, generator, resolution) -> None:
+        x, y, w, h = box
+        # Keypoints come from the untouched image: landmarks only steer pose, and the
+        # face itself is blanked before the generator sees anything.
+        keypoints, _ = face_keypoints(image, box)
+        matrix = crop_matrix(box, resolution)
+        scale = matrix[0, 0]
+        # Shrinking a large face with bilinear sampling aliases; blur to the target scale first.
+        source = image
+        if scale < 0.5:
+            sigma = 0.5 / scale
+            source = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma)
+        crop = cv2.warpAffine(
+            source,
+            matrix,
+            (resolution, resolution),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        corners = transform_points(matrix, np.array([[x, y], [x + w, y + h]]))
+        mask = box_mask(corners.ravel(), resolution)
+        kp = transform_points(matrix, keypoints)
+
+        with torch.no_grad():
+            images = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+            masks = torch.from_numpy(mask)[None, None]
+            cond = generator_input(images, masks, torch.from_numpy(kp)[None], resolution)
+            fake = generator(cond, torch.from_numpy(z)[None])[0]
+        generated = ((fake.permute(1, 2, 0).numpy() + 1.0) * 127.5).clip(0, 255)
+
+        # Warp the crop back onto the box only: sample the generated crop at each box pixel.
+        to_crop = matrix.copy()
+        to_crop[:, 2] += matrix[:, :2] @ np.array([x, y], dtype=np.float64)
+        patch = cv2.warpAffine(
+            generated.astype(np.float32),
+            to_crop,
+            (w, h),
+            flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        alpha = feather_mask(h, w, border=self.feather)[:, :, None] if self.feather > 0 else 1.0
+        region = out[y : y + h, x : x + w].astype(np.float32)
+        blended = alpha * np.clip(patch, 0, 255) + (1.0 - alpha) * region
+        out[y : y + h, x : x + w] = np.round(blended).astype(np.uint8)

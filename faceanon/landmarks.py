@@ -1,0 +1,235 @@
+"""dlib's 68-point facial landmarks and the geometry both generative methods share.
+
+k-Same aligns every face to a canonical frame before averaging, and the GAN conditions its
+generator on a handful of sparse keypoints; both start from dlib's 68-point shape predictor
+run inside a face box. The models ship with ``face_recognition_models`` and load once per
+process.
+
+Points follow the iBUG 300-W numbering: 0-16 jaw, 17-26 brows, 27-35 nose, 36-41 the
+subject's right eye (image left), 42-47 the subject's left eye, 48-67 mouth.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+Box = tuple[int, int, int, int]
+
+#: Names of the sparse keypoints the GAN is conditioned on, in channel order.
+KEYPOINT_NAMES = (
+    "eye_image_left",
+    "eye_image_right",
+    "nose_tip",
+    "mouth_image_left",
+    "mouth_image_right",
+    "jaw_image_left",
+    "jaw_image_right",
+)
+#: Channel order after a horizontal flip: left and right swap, the nose stays.
+KEYPOINT_FLIP = (1, 0, 2, 4, 3, 6, 5)
+
+# Keypoints of an average frontal face in box-relative units (0..1 across the dlib HOG box),
+# measured on lfw-singletons; used when no landmarks can be found in a box.
+_BOX_KEYPOINTS = np.array(
+    [
+        [0.32, 0.38],
+        [0.68, 0.38],
+        [0.50, 0.60],
+        [0.36, 0.78],
+        [0.64, 0.78],
+        [0.02, 0.42],
+        [0.98, 0.42],
+    ],
+    dtype=np.float32,
+)
+
+#: Smallest box side (pixels) in which the 68-point predictor is trusted; below it the
+#: predictor mostly returns its mean shape and geometry from the box is as good.
+MIN_LANDMARK_BOX = 20
+
+
+class LandmarkError(RuntimeError):
+    """Landmarks could not be found for a face box."""
+
+
+@functools.cache
+def shape_predictor_68():
+    """dlib's 68-point shape predictor, loaded once."""
+    import dlib
+    import face_recognition_models
+
+    return dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
+
+
+@functools.cache
+def hog_detector():
+    """dlib's HOG frontal face detector, loaded once."""
+    import dlib
+
+    return dlib.get_frontal_face_detector()
+
+
+def hog_boxes(image: np.ndarray, *, upsample: int = 0) -> list[Box]:
+    """Face boxes ``(x, y, w, h)`` from dlib's HOG detector, largest first, clipped to the image."""
+    height, width = image.shape[:2]
+    boxes = []
+    for rect in hog_detector()(np.ascontiguousarray(image), upsample):
+        x0, y0 = max(rect.left(), 0), max(rect.top(), 0)
+        x1, y1 = min(rect.right() + 1, width), min(rect.bottom() + 1, height)
+        if x1 > x0 and y1 > y0:
+            boxes.append((x0, y0, x1 - x0, y1 - y0))
+    return sorted(boxes, key=lambda b: -b[2] * b[3])
+
+
+def landmarks68(image: np.ndarray, box: Box) -> np.ndarray:
+    """The 68 landmarks ``(x, y)`` as a float32 ``(68, 2)`` array for the face in ``box``.
+
+    Raises
+    ------
+    LandmarkError
+        When the box is too small for the predictor or the points land mostly outside it,
+        which is how the predictor fails (it always returns *some* shape).
+    """
+    import dlib
+
+    x, y, w, h = (int(v) for v in box)
+    if min(w, h) < MIN_LANDMARK_BOX:
+        raise LandmarkError(f"box {box} smaller than {MIN_LANDMARK_BOX} px")
+    shape = shape_predictor_68()(
+        np.ascontiguousarray(image), dlib.rectangle(x, y, x + w - 1, y + h - 1)
+    )
+    points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+    # Inner face points (brows, eyes, nose, mouth) must fall in a box grown by a quarter.
+    inner = points[17:]
+    grow_x, grow_y = 0.25 * w, 0.25 * h
+    inside = (
+        (inner[:, 0] >= x - grow_x)
+        & (inner[:, 0] <= x + w + grow_x)
+        & (inner[:, 1] >= y - grow_y)
+        & (inner[:, 1] <= y + h + grow_y)
+    )
+    if inside.mean() < 0.9:
+        raise LandmarkError(f"landmarks fall outside box {box}")
+    return points
+
+
+def keypoints_from_landmarks(points: np.ndarray) -> np.ndarray:
+    """Seven sparse keypoints ``(7, 2)`` (see :data:`KEYPOINT_NAMES`) from 68 landmarks."""
+    points = np.asarray(points, dtype=np.float32)
+    return np.stack(
+        [
+            points[36:42].mean(axis=0),
+            points[42:48].mean(axis=0),
+            points[30],
+            points[48],
+            points[54],
+            points[0],
+            points[16],
+        ]
+    ).astype(np.float32)
+
+
+def keypoints_from_box(box: Box) -> np.ndarray:
+    """Keypoints of an average frontal face placed in ``box``: the fallback without landmarks."""
+    x, y, w, h = box
+    return (_BOX_KEYPOINTS * np.array([w, h], np.float32) + np.array([x, y], np.float32)).astype(
+        np.float32
+    )
+
+
+def face_keypoints(image: np.ndarray, box: Box) -> tuple[np.ndarray, bool]:
+    """Keypoints for ``box`` and whether they came from landmarks (``False``: from the box)."""
+    try:
+        return keypoints_from_landmarks(landmarks68(image, box)), True
+    except LandmarkError:
+        return keypoints_from_box(box), False
+
+
+# Canonical positions, in a unit square, of the five points k-Same aligns on (eye centres,
+# nose tip, mouth corners); chosen so that a face and its forehead and chin fill the frame.
+CANONICAL_FIVE = np.array(
+    [
+        [0.30, 0.36],
+        [0.70, 0.36],
+        [0.50, 0.58],
+        [0.35, 0.76],
+        [0.65, 0.76],
+    ],
+    dtype=np.float32,
+)
+
+
+def five_points(points68: np.ndarray) -> np.ndarray:
+    """Eye centres, nose tip and mouth corners ``(5, 2)`` from 68 landmarks."""
+    return keypoints_from_landmarks(points68)[:5]
+
+
+def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, shift) mapping ``source`` onto ``target``.
+
+    Returns a ``2x3`` float64 matrix for :func:`cv2.warpAffine`. Closed form (Umeyama
+    without reflection), so it is deterministic and never falls back to RANSAC.
+    """
+    src = np.asarray(source, dtype=np.float64)
+    dst = np.asarray(target, dtype=np.float64)
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    # With complex numbers a 2-D similarity is one multiplication: dst = a * src + b.
+    zs = src_c[:, 0] + 1j * src_c[:, 1]
+    zd = dst_c[:, 0] + 1j * dst_c[:, 1]
+    denominator = np.vdot(zs, zs).real
+    if denominator <= 1e-12:
+        raise LandmarkError("degenerate points: all source points coincide")
+    a = np.vdot(zs, zd) / denominator
+    rotation = np.array([[a.real, -a.imag], [a.imag, a.real]])
+    shift = dst_mean - rotation @ src_mean
+    return np.hstack([rotation, shift[:, None]])
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    """Inverse of a ``2x3`` affine matrix."""
+    return cv2.invertAffineTransform(np.asarray(matrix, dtype=np.float64))
+
+
+def align_face(
+    image: np.ndarray, points68: np.ndarray, *, size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Warp a face to the canonical ``size x size`` frame.
+
+    Returns the aligned ``uint8`` face and the ``2x3`` matrix that maps image coordinates to
+    aligned ones; :func:`invert_affine` of it warps an aligned face back.
+    """
+    matrix = similarity_transform(five_points(points68), CANONICAL_FIVE * size)
+    aligned = cv2.warpAffine(
+        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    return aligned, matrix
+
+
+def feather_mask(height: int, width: int, *, border: float = 0.15) -> np.ndarray:
+    """A float32 ``(height, width)`` mask, 1 inside and ramping to 0 at the edges.
+
+    ``border`` is the ramp width as a share of the shorter side, so the blend seam lies
+    inside the box and pixels on the box edge keep most of the original.
+    """
+    ramp = max(1.0, border * min(height, width))
+    ys = np.arange(height, dtype=np.float32)
+    xs = np.arange(width, dtype=np.float32)
+    dy = np.minimum(ys + 0.5, height - ys - 0.5) / ramp
+    dx = np.minimum(xs + 0.5, width - xs - 0.5) / ramp
+    return np.clip(np.minimum(dy[:, None], dx[None, :]), 0.0, 1.0).astype(np.float32)
+
+
+def clip_box(box: Sequence[int], shape: Sequence[int]) -> Box | None:
+    """``box`` clipped to an image of ``shape``; ``None`` when nothing of it is left."""
+    height, width = int(shape[0]), int(shape[1])
+    x, y, w, h = (int(v) for v in box)
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + w, width), min(y + h, height)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return (x0, y0, x1 - x0, y1 - y0)
