@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".bmp", ".webp"})
 
@@ -67,6 +67,10 @@ def read_image(path: os.PathLike | str) -> np.ndarray:
         raise ImageReadError(path, "file not found") from None
     if size == 0:
         raise ImageReadError(path, "file is empty")
+    # face_recognition (and other libraries) switch Pillow's process-wide flag that
+    # silently pads truncated files; a privacy tool must report those, so force it off.
+    lenient = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with Image.open(path) as opened:
             opened.load()
@@ -74,8 +78,12 @@ def read_image(path: os.PathLike | str) -> np.ndarray:
             rgb = upright.convert("RGB")
     except UnidentifiedImageError:
         raise ImageReadError(path, "not an image (unknown or corrupt format)") from None
+    except Image.DecompressionBombError as error:
+        raise ImageReadError(path, f"refused: too many pixels ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageReadError(path, f"corrupt or truncated image ({error})") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
     return np.asarray(rgb, dtype=np.uint8)
 
 
