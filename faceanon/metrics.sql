@@ -299,7 +299,7 @@ rates AS (
            t.cn_at_thr / nullif(t.n_nonmated_acquired, 0)                 AS fmr,
            (t.n_mated_acquired - t.cm_at_thr) / nullif(t.n_mated_acquired, 0) AS fnmr,
            t.cn_at_thr / nullif(t.n_nonmated, 0)                          AS fmr_all,
-           1 - t.cm_at_thr / nullif(t.n_mated, 0)                         AS fnmr_all,
+           (t.n_mated - t.cm_at_thr) / nullif(t.n_mated, 0)              AS fnmr_all,
            ps.rank1_hits / nullif(ps.n_rank1_probes, 0)                   AS rank1
     FROM cases c
     CROSS JOIN thr

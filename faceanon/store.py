@@ -159,8 +159,8 @@ class ResultsDB:
                VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
             [name, _now(), git_commit, git_dirty, _json(packages), _json(machine),
              dataset_name, dataset_fingerprint, _json(config)],
-        ).fetchone()
-        return int(row[0])
+        ).fetchall()
+        return int(row[0][0])
 
     def finish_run(self, run_id: int, status: str) -> None:
         """Set a run's final ``status`` and ``finished`` = now (UTC).
@@ -175,8 +175,8 @@ class ResultsDB:
         row = self.con.execute(
             "UPDATE runs SET status = ?, finished = ? WHERE id = ? RETURNING id",
             [status, _now(), run_id],
-        ).fetchone()
-        if row is None:
+        ).fetchall()
+        if not row:
             raise KeyError(f"no run {run_id}")
 
     def add_case(
@@ -215,8 +215,8 @@ class ResultsDB:
                VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id""",
             [run_id, method, None if k is None else int(k), mode, detector, backend,
              _json(options)],
-        ).fetchone()
-        return int(row[0])
+        ).fetchall()
+        return int(row[0][0])
 
     # -- bulk data -------------------------------------------------------------------
 
@@ -349,30 +349,23 @@ class ResultsDB:
             embedding is a float64 vector, or None when no face was found. Hashes not
             in the cache are absent.
         """
-        wanted = pa.table({"sha256": pa.array(list(dict.fromkeys(sha256s)),
-                                              type=pa.string())})
-        self.con.register("_wanted", wanted)
-        try:
-            result = self.con.sql(
-                """SELECT e.sha256, e.embedding, e.faces_found
-                   FROM embeddings e SEMI JOIN _wanted w ON e.sha256 = w.sha256
-                   WHERE e.backend = $backend""",
-                params={"backend": backend},
-            ).to_arrow_table()
-        finally:
-            self.con.unregister("_wanted")
-        shas = result.column("sha256").to_pylist()
-        faces = result.column("faces_found").to_pylist()
-        vectors = result.column("embedding").combine_chunks()
+        # `_wanted` is read by DuckDB's replacement scan. execute() (unlike sql() or
+        # register()) still works when the caller left an unfinished result open.
+        _wanted = pa.table({"sha256": pa.array(list(dict.fromkeys(sha256s)),  # noqa: F841
+                                               type=pa.string())})
+        result = self.con.execute(
+            """SELECT e.sha256, e.embedding, e.faces_found
+               FROM embeddings e SEMI JOIN _wanted w ON e.sha256 = w.sha256
+               WHERE e.backend = ?""",
+            [backend],
+        ).fetchnumpy()
+        vectors = result["embedding"]
+        missing = np.ma.getmaskarray(vectors)
         out: dict[str, tuple[np.ndarray | None, int]] = {}
-        if len(shas) == 0:
-            return out
-        offsets = vectors.offsets.to_numpy()
-        flat = vectors.values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-        valid = vectors.is_valid().to_numpy(zero_copy_only=False)
-        for i, sha in enumerate(shas):
-            vector = flat[offsets[i]:offsets[i + 1]].copy() if valid[i] else None
-            out[sha] = (vector, int(faces[i]))
+        for sha, vector, none, faces in zip(result["sha256"], np.ma.getdata(vectors), missing,
+                                            result["faces_found"], strict=True):
+            out[str(sha)] = (None if none or vector is None
+                             else np.asarray(vector, dtype=np.float64), int(faces))
         return out
 
     def store_embeddings(
@@ -434,7 +427,7 @@ class ResultsDB:
     def threshold(self) -> float:
         """The decision threshold of the metric views."""
         return float(self.con.execute("SELECT threshold FROM settings WHERE id = 1")
-                     .fetchone()[0])
+                     .fetchall()[0][0])
 
     def set_confusion_thresholds(self, thresholds: Sequence[float]) -> None:
         """Replace the extra thresholds of the ``confusion`` view (default 0.6, 0.575).
@@ -522,7 +515,7 @@ class ResultsDB:
         ----------
         run_id : int
         """
-        if not self.con.execute("SELECT 1 FROM runs WHERE id = ?", [run_id]).fetchone():
+        if not self.con.execute("SELECT 1 FROM runs WHERE id = ?", [run_id]).fetchall():
             raise KeyError(f"no run {run_id}")
         cases = "(SELECT id FROM cases WHERE run_id = $run)"
         self.con.execute("BEGIN TRANSACTION")
@@ -541,11 +534,9 @@ class ResultsDB:
             raise
 
     def _insert(self, statement: str, table: pa.Table, params: list | None = None) -> None:
-        self.con.register("_rows", table)
-        try:
-            self.con.execute(statement, params or [])
-        finally:
-            self.con.unregister("_rows")
+        # `_rows` is read by DuckDB's replacement scan (see cached_embeddings)
+        _rows = table  # noqa: F841
+        self.con.execute(statement, params or []).fetchall()
 
     def _dicts(self, query: str, params: dict | None = None) -> list[dict]:
         cursor = self.con.execute(query, params or {})

@@ -78,7 +78,7 @@ def reference(probe, gallery, mated, distance, *, threshold=0.6, probe_acquired=
     det = []
     both = dm.size > 0 and dn.size > 0
     if both:
-        fa, fr = matched_n / dn.size, 1 - matched_m / dm.size
+        fa, fr = matched_n / dn.size, (dm.size - matched_m) / dm.size
         out["eer"], out["eer_threshold"], _ = _eer(ts, fa, fr)
         out["fnmr_at_fmr_1pct"] = fr[np.flatnonzero(fa <= 0.01).max()]
         out["fnmr_at_fmr_01pct"] = fr[np.flatnonzero(fa <= 0.001).max()]
@@ -92,23 +92,24 @@ def reference(probe, gallery, mated, distance, *, threshold=0.6, probe_acquired=
     out["gfar"] = None if out["fmr"] is None else out["fmr"] * (1 - fta)
     out["gfrr"] = None if out["fnmr"] is None else fta + out["fnmr"] * (1 - fta)
     if n_mated and n_nonmated:
-        fa_all, fr_all = matched_n / n_nonmated, 1 - matched_m / n_mated
+        fa_all, fr_all = matched_n / n_nonmated, (n_mated - matched_m) / n_mated
         out["geer"], out["geer_threshold"], out["geer_crossed"] = _eer(ts, fa_all, fr_all)
         out["tar_at_fmr_1pct_all"] = 1 - fr_all[np.flatnonzero(fa_all <= 0.01).max()]
         out["fmr_all"] = float((dn <= threshold).sum() / n_nonmated)
-        out["fnmr_all"] = float(1 - (dm <= threshold).sum() / n_mated)
+        out["fnmr_all"] = float((n_mated - (dm <= threshold).sum()) / n_mated)
     else:
         out.update(geer=None, geer_threshold=None, geer_crossed=None,
                    tar_at_fmr_1pct_all=None)
         out["fmr_all"] = float((dn <= threshold).sum() / n_nonmated) if n_nonmated else None
-        out["fnmr_all"] = float(1 - (dm <= threshold).sum() / n_mated) if n_mated else None
+        out["fnmr_all"] = (float((n_mated - (dm <= threshold).sum()) / n_mated)
+                           if n_mated else None)
     for i, t in enumerate(ts[1:], start=1):
         det.append({
             "threshold": t,
             "fmr": matched_n[i] / dn.size if dn.size else None,
-            "fnmr": 1 - matched_m[i] / dm.size if dm.size else None,
+            "fnmr": (dm.size - matched_m[i]) / dm.size if dm.size else None,
             "fmr_all": matched_n[i] / n_nonmated if n_nonmated else None,
-            "fnmr_all": 1 - matched_m[i] / n_mated if n_mated else None,
+            "fnmr_all": (n_mated - matched_m[i]) / n_mated if n_mated else None,
         })
     # rank-1 over probes with a mated comparison; fractional credit on ties
     credits = []
