@@ -79,8 +79,9 @@
 CREATE OR REPLACE VIEW score_points AS
 WITH grouped AS (
     SELECT case_id, distance,
-           count(*) FILTER (WHERE mated)     AS m,
-           count(*) FILTER (WHERE NOT mated) AS n
+           -- INTEGER, so that the running sums stay BIGINT (HUGEINT sums are slow)
+           (count(*) FILTER (WHERE mated))::INTEGER     AS m,
+           (count(*) FILTER (WHERE NOT mated))::INTEGER AS n
     FROM scores
     WHERE distance IS NOT NULL
     GROUP BY case_id, distance
