@@ -15,7 +15,7 @@
 --   all ("attacker's view": geer, tar_at_fmr_1pct_all, rank1, *_all): over ALL comparisons,
 --     NULL counted as a non-match:
 --       FMR_all(t)  = #{non-mated, distance <= t} / n_nonmated
---       FNMR_all(t) = 1 - #{mated, distance <= t} / n_mated
+--       FNMR_all(t) = (n_mated - #{mated, distance <= t}) / n_mated
 --
 -- Thresholds. The curves are evaluated at every DISTINCT non-NULL distance of the case
 --   (tied comparisons, mated or not, switch to "match" together, so a tie is a diagonal
@@ -46,14 +46,17 @@
 --   which (the difference being monotone) is the largest distance of the case;
 --   geer_threshold is that distance. With no non-NULL distance at all, the start point
 --   is the only point: geer = (0 + 1) / 2 = 0.5, geer_threshold NULL. geer is NULL when
---   n_mated or n_nonmated is 0.
+--   n_mated or n_nonmated is 0. When every probe is compared with the same gallery and
+--   no gallery image failed to enrol, FMR_all = FMR (1 - FTA) and FNMR_all =
+--   FTA + FNMR (1 - FTA) at every threshold, so geer is the EER of gfar/gfrr.
 --
 -- Rates at a fixed FMR. fnmr_at_fmr_1pct = FNMR at the largest threshold whose
 --   FMR <= 1 % (compared exactly, in integers); the start point counts, so if even the
 --   smallest distance gives FMR > 1 %, the value is 1. fnmr_at_fmr_01pct likewise for
 --   0.1 %. tar_at_fmr_1pct_all = 1 - FNMR_all at the largest threshold whose
 --   FMR_all <= 1 %: the share of ALL mated comparisons (= mated probes when each probe
---   has one mated gallery image) that an attacker links at that operating point.
+--   has one mated gallery image) that an attacker links at that operating point; NULL
+--   when n_mated or n_nonmated is 0.
 --
 -- Decision threshold. settings.threshold (default 0.6, face_recognition's tolerance; set
 --   with ResultsDB.set_threshold). fmr, fnmr, fmr_all, fnmr_all are read there, and
@@ -66,8 +69,9 @@
 --   comparison of the image has a non-NULL distance.
 --
 -- rank1. Closed-set identification over ALL probes that have at least one mated gallery
---   image: a probe's nearest gallery image is the one with the smallest non-NULL
---   distance; hit when it is mated. A probe with no face (all distances NULL) is a miss.
+--   image (NULL when there is none): a probe's nearest gallery image is the one with the
+--   smallest non-NULL distance; hit when it is mated. A probe with no face (all
+--   distances NULL) is a miss, and so is one whose mated comparisons are all NULL.
 --   Ties at the minimum get fractional credit: the mated share among the tied nearest
 --   images (a constant distance gives chance level, not 100 %).
 --
@@ -111,6 +115,12 @@ CREATE OR REPLACE MACRO distance_bin(d, lo, hi) AS
     CASE WHEN hi > lo THEN least(floor((d - lo) / (hi - lo) * 1024), 1023)::INTEGER
          ELSE 0 END;
 
+-- case_metrics columns: case_id; n_mated, n_nonmated (all comparisons), n_acquired
+-- (comparisons with a distance), n_probes, n_gallery (distinct images); fta, fte; eer,
+-- eer_threshold; threshold (the decision threshold) with fmr, fnmr, gfar, gfrr, fmr_all,
+-- fnmr_all there; fnmr_at_fmr_1pct, fnmr_at_fmr_01pct; geer, geer_threshold,
+-- geer_crossed; tar_at_fmr_1pct_all; rank1. Rates are fractions in [0, 1].
+--
 -- case_metrics finds each "first threshold where a monotone condition holds" (EER
 -- crossings, FMR above 1 % / 0.1 %) without sorting whole cases: (1) count the scores of
 -- each case in 1024 distance bins and accumulate over bins; (2) the bin where a condition

@@ -368,6 +368,21 @@ class ResultsDB:
                              else np.asarray(vector, dtype=np.float64), int(faces))
         return out
 
+    def cached_embedding_keys(self, backend: str) -> set[str]:
+        """The hashes of every image cached for ``backend``.
+
+        Parameters
+        ----------
+        backend : str
+
+        Returns
+        -------
+        set of str
+        """
+        rows = self.con.execute("SELECT sha256 FROM embeddings WHERE backend = ?",
+                                [backend]).fetchnumpy()["sha256"]
+        return {str(sha) for sha in rows}
+
     def store_embeddings(
         self,
         backend: str,

@@ -110,7 +110,7 @@ def test_scores_round_trip_with_nulls():
         distance = np.array([0.1, np.nan, 0.3, np.inf, 0.5])
         mated = np.array([True, False, False, True, False])
         acquired = np.array([True, False, True, True, True])
-        db.add_scores(case, probe=np.array(list("abcde"), dtype=object),
+        db.add_scores(case, probe=np.array(list("abcde")),          # numpy unicode
                       gallery=["g"] * 5, mated=mated, distance=distance,
                       probe_acquired=acquired)
         rows = db.con.execute("SELECT probe, gallery, mated, distance, probe_acquired, "
@@ -187,6 +187,8 @@ def test_embedding_cache_round_trip():
         assert got["s1"][1] == 1
         assert got["s2"] == (None, 0)
         assert db.cached_embeddings("other-backend", ["s1"]) == {}
+        assert db.cached_embedding_keys("dlib") == {"s1", "s2"}
+        assert db.cached_embedding_keys("other-backend") == set()
         # insert-or-ignore: an existing (backend, sha256) keeps its first value
         db.store_embeddings("dlib", ["s1", "s3", "s3"], [np.zeros(128), None, None], [2, 0, 0])
         got = db.cached_embeddings("dlib", ["s1", "s3"])
