@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS timings (
     case_id BIGINT NOT NULL,
     name    VARCHAR NOT NULL,                        -- 'anonymize', 'recognize', ...
     min     DOUBLE,
+    max     DOUBLE,
     median  DOUBLE,
     mean    DOUBLE,
     stddev  DOUBLE,

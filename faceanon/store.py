@@ -30,7 +30,7 @@ RUN_STATUSES = ("running", "complete", "failed", "interrupted")
 FINAL_STATUSES = ("complete", "failed", "interrupted")
 MODES = ("clear", "naive", "reverse", "parrot")
 IMAGE_COLUMNS = ("key", "role", "method", "k", "sha256", "acquired", "faces_found", "backend")
-TIMING_COLUMNS = ("name", "min", "median", "mean", "stddev", "rounds", "unit")
+TIMING_COLUMNS = ("name", "min", "max", "median", "mean", "stddev", "rounds", "unit")
 
 __all__ = ["DEFAULT_DB", "ResultsDB", "runs_command"]
 
@@ -307,7 +307,7 @@ class ResultsDB:
         ----------
         case_id : int
         rows : list of dict
-            Keys ``name`` (e.g. 'anonymize', 'recognize'), ``min``, ``median``, ``mean``,
+            Keys ``name`` (e.g. 'anonymize', 'recognize'), ``min``, ``max``, ``median``, ``mean``,
             ``stddev``, ``rounds`` and optionally ``unit`` (default 'seconds per image').
         """
         if not rows:
@@ -322,7 +322,7 @@ class ResultsDB:
             "case_id": pa.array([case_id] * len(rows), type=pa.int64()),
             "name": pa.array([r["name"] for r in rows], type=pa.string()),
             **{key: pa.array([r.get(key) for r in rows], type=pa.float64())
-               for key in ("min", "median", "mean", "stddev")},
+               for key in ("min", "max", "median", "mean", "stddev")},
             "rounds": pa.array([r.get("rounds") for r in rows], type=pa.int64()),
             "unit": pa.array([r.get("unit", "seconds per image") for r in rows],
                              type=pa.string()),
