@@ -32,17 +32,18 @@ KEYPOINT_NAMES = (
 #: Channel order after a horizontal flip: left and right swap, the nose stays.
 KEYPOINT_FLIP = (1, 0, 2, 4, 3, 6, 5)
 
-# Keypoints of an average frontal face in box-relative units (0..1 across the dlib HOG box),
-# measured on lfw-singletons; used when no landmarks can be found in a box.
+# Keypoints of an average face in box-relative units (0..1 across the box): the medians over
+# dlib HOG boxes on lfw-singletons (HOG boxes sit a little left of the face centre). Used
+# when no landmarks can be found in a box.
 _BOX_KEYPOINTS = np.array(
     [
-        [0.32, 0.38],
-        [0.68, 0.38],
-        [0.50, 0.60],
-        [0.36, 0.78],
-        [0.64, 0.78],
-        [0.02, 0.42],
-        [0.98, 0.42],
+        [0.267, 0.264],
+        [0.665, 0.255],
+        [0.467, 0.494],
+        [0.295, 0.731],
+        [0.657, 0.724],
+        [0.000, 0.308],
+        [0.943, 0.288],
     ],
     dtype=np.float32,
 )
@@ -150,14 +151,15 @@ def face_keypoints(image: np.ndarray, box: Box) -> tuple[np.ndarray, bool]:
 
 
 # Canonical positions, in a unit square, of the five points k-Same aligns on (eye centres,
-# nose tip, mouth corners); chosen so that a face and its forehead and chin fill the frame.
+# nose tip, mouth corners): the average HOG-box layout above, made symmetric and shrunk by
+# 1.25 about the centre, so the canonical frame covers a face box with some margin.
 CANONICAL_FIVE = np.array(
     [
-        [0.30, 0.36],
-        [0.70, 0.36],
-        [0.50, 0.58],
-        [0.35, 0.76],
-        [0.65, 0.76],
+        [0.340, 0.308],
+        [0.660, 0.308],
+        [0.500, 0.495],
+        [0.356, 0.684],
+        [0.644, 0.684],
     ],
     dtype=np.float32,
 )
@@ -195,19 +197,27 @@ def invert_affine(matrix: np.ndarray) -> np.ndarray:
     return cv2.invertAffineTransform(np.asarray(matrix, dtype=np.float64))
 
 
-def align_face(
-    image: np.ndarray, points68: np.ndarray, *, size: int = 64
+def align_canonical(
+    image: np.ndarray, five: np.ndarray, *, size: int = 64
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Warp a face to the canonical ``size x size`` frame.
+    """Warp a face to the canonical ``size x size`` frame from its five points.
 
-    Returns the aligned ``uint8`` face and the ``2x3`` matrix that maps image coordinates to
-    aligned ones; :func:`invert_affine` of it warps an aligned face back.
+    ``five`` are eye centres, nose tip and mouth corners (the first five keypoints).
+    Returns the aligned ``uint8`` face and the ``2x3`` matrix that maps image coordinates
+    to aligned ones; :func:`invert_affine` of it warps an aligned face back.
     """
-    matrix = similarity_transform(five_points(points68), CANONICAL_FIVE * size)
+    matrix = similarity_transform(np.asarray(five)[:5], CANONICAL_FIVE * size)
     aligned = cv2.warpAffine(
         image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
     return aligned, matrix
+
+
+def align_face(
+    image: np.ndarray, points68: np.ndarray, *, size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`align_canonical` from the 68 landmarks."""
+    return align_canonical(image, five_points(points68), size=size)
 
 
 def feather_mask(height: int, width: int, *, border: float = 0.15) -> np.ndarray:
