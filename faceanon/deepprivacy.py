@@ -171,11 +171,12 @@ if torch is not None:
             self.config = config
             ch = config.channels
             c_cond = 4 + config.keypoints
-            # The two finest levels get one convolution each and no pixel norm: on the CPU
-            # they cost most of the time, and the coarse levels carry the face structure.
+            # The two finest levels (full and half resolution) get one convolution each
+            # instead of two, and no pixel norm on the way down: on the CPU they cost most
+            # of the time, and the coarse levels carry the face structure.
             self.stem = _block(c_cond, ch[0], norm=False)
             self.down = nn.ModuleList(
-                _block(ch[i], ch[i + 1], stride=2, norm=i > 0)
+                _block(ch[i], ch[i + 1], stride=2, norm=False)
                 if i == 0
                 else nn.Sequential(_block(ch[i], ch[i + 1], stride=2), _block(ch[i + 1], ch[i + 1]))
                 for i in range(len(ch) - 1)
