@@ -70,6 +70,7 @@ class BenchRun:
         self.evaluation = None
         self.case_ids: list[int] = []
         self.errors = 0
+        self.variants: list[tuple[str, object]] = []
 
     def start(self) -> Evaluation:
         if self.evaluation is not None:
@@ -100,6 +101,7 @@ class BenchRun:
         )
         self.evaluation = Evaluation(dataset, split, db=self.db, run_id=self.run_id,
                                      settings=settings, workers=option("--bench-workers"))
+        self.evaluation.plan(self.variants)
         return self.evaluation
 
     def finish(self, exitstatus) -> None:
@@ -152,6 +154,16 @@ def check_bounds(name: str, metrics: dict, bounds: list[dict]) -> list[str]:
 
 def pytest_configure(config):
     config._faceanon_run = BenchRun(config)
+
+
+def pytest_collection_finish(session):
+    # The selected cases, after -k: the pipeline prepares each variant while the one
+    # before it is being compared.
+    run = getattr(session.config, "_faceanon_run", None)
+    if run is not None:
+        run.variants = [item.callspec.params["case"][:2] for item in session.items
+                        if hasattr(item, "callspec") and "case" in item.callspec.params
+                        and item.callspec.params["case"][0] is not None]
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -59,6 +59,7 @@ def run_pipeline(dataset, split, cases, *, workers: int) -> tuple[float, int]:
                                   git_commit=None, git_dirty=None, packages={}, machine={})
             start = time.perf_counter()
             with Evaluation(dataset, split, db=db, run_id=run_id, workers=workers) as ev:
+                ev.plan([c[:2] for c in cases if c[0] is not None])
                 for case in cases:
                     ev.run_case(*case)
             wall = time.perf_counter() - start

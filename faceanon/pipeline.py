@@ -28,6 +28,7 @@ import hashlib
 import multiprocessing
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -101,6 +102,35 @@ def is_set_method(method: Method) -> bool:
 
 # --- worker side -------------------------------------------------------------------------
 
+#: Decoded originals a worker keeps, so that each variant does not decode every JPEG again.
+IMAGE_CACHE_BYTES = 256 * 2**20
+
+
+class DecodedImages:
+    """Originals decoded once per worker, oldest dropped past a byte budget.
+
+    The budget, not a count, bounds memory whatever the size of the photographs.
+    """
+
+    def __init__(self, *, budget_bytes: int):
+        self.budget = budget_bytes
+        self.used = 0
+        self.images: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def read(self, path: str) -> np.ndarray:
+        if path in self.images:
+            self.images.move_to_end(path)
+            return self.images[path]
+        image = read_image(path)
+        image.setflags(write=False)  # methods must copy, never change a shared original
+        self.images[path] = image
+        self.used += image.nbytes
+        while self.used > self.budget and len(self.images) > 1:
+            _, dropped = self.images.popitem(last=False)
+            self.used -= dropped.nbytes
+        return image
+
+
 _WORKER: dict = {}
 
 
@@ -115,6 +145,7 @@ def _init_worker(settings: Settings, known: frozenset[str]) -> None:
     _WORKER["backend"] = get_backend(settings.backend, **settings.backend_options)
     _WORKER["known"] = known
     _WORKER["methods"] = {}
+    _WORKER["images"] = DecodedImages(budget_bytes=IMAGE_CACHE_BYTES)
 
 
 def _regions(image: np.ndarray, settings: Settings) -> tuple[list, bool]:
@@ -143,7 +174,7 @@ def _encode(key: str, image: np.ndarray, anonymize_seconds: float = 0.0, **extra
 def _original_task(task: tuple[str, str]) -> Encoded:
     key, path = task
     settings = _WORKER["settings"]
-    image = read_image(path)
+    image = _WORKER["images"].read(path)
     boxes, found = _regions(image, settings)
     return _encode(key, image, region_found=found, boxes=tuple(boxes))
 
@@ -154,7 +185,7 @@ def _variant_task(task: tuple[str, str, tuple, str, int | None]) -> Encoded:
     methods = _WORKER["methods"]
     if method_name not in methods:
         methods[method_name] = get_method(method_name)
-    image = read_image(path)
+    image = _WORKER["images"].read(path)
     start = time.perf_counter()
     anonymized = methods[method_name].anonymize(
         image, list(boxes), k=k, rng=image_rng(settings.seed, method_name, k, key)
@@ -210,23 +241,28 @@ class Evaluation:
         self.samples: dict[str, Sample] = {s.key: s for s in (*split.gallery, *split.probes)}
         self._originals: dict[str, Encoded] | None = None
         self._variants: dict[tuple[str, int | None], dict[str, Encoded]] = {}
+        self._plan: list[tuple[str, int | None]] = []
+        self._pending: dict[tuple[str, int | None], Iterator[Encoded]] = {}
         self._pool: ProcessPoolExecutor | None = None
 
     # The pool is made lazily and reused across cases so models load once per worker.
     def _map(self, function, tasks: Sequence) -> Iterator[Encoded]:
-        known = frozenset(self.db.cached_embedding_keys(self.backend.name))
         if self.workers <= 1 or len(tasks) < 2:
-            _init_worker(self.settings, known)
+            _init_worker(self.settings, self._known_keys())
             return map(function, tasks)
         # Workers keep the cache snapshot they started with; a stale snapshot only costs a
         # re-encode, never a wrong result, because keys are pixel hashes.
         if self._pool is None:
+            known = self._known_keys()
             context = multiprocessing.get_context("forkserver")
             self._pool = ProcessPoolExecutor(
                 self.workers, mp_context=context, initializer=_init_worker,
                 initargs=(self.settings, known),
             )
         return self._pool.map(function, tasks, chunksize=self.chunksize)
+
+    def _known_keys(self) -> frozenset[str]:
+        return frozenset(self.db.cached_embedding_keys(self.backend.name))
 
     def close(self) -> None:
         if self._pool is not None:
@@ -281,21 +317,47 @@ class Evaluation:
             self._originals = self._finish(results, role="original", method=None, k=None)
         return self._originals
 
+    def plan(self, variants: Iterable[tuple[str, int | None]]) -> None:
+        """Say which (method, k) variants will be asked for, in order.
+
+        While the results of one variant are being stored and compared, the workers
+        already anonymize and encode the next one instead of waiting.
+        """
+        self._plan = list(dict.fromkeys(
+            (name, get_method(name).check_k(k)) for name, k in variants))
+
+    def _start_variant(self, method_name: str, k: int | None) -> Iterator[Encoded]:
+        method = get_method(method_name)
+        if is_set_method(method):
+            return self._map(_array_task, self._anonymize_sets(method, method_name, k))
+        originals = self.originals()
+        tasks = [
+            (key, str(self.dataset.path(s)), originals[key].boxes, method_name, k)
+            for key, s in self.samples.items()
+        ]
+        return self._map(_variant_task, tasks)
+
+    def _prefetch_after(self, current: tuple[str, int | None]) -> None:
+        if current not in self._plan or self.workers <= 1:
+            return
+        following = self._plan[self._plan.index(current) + 1 :]
+        if not following or following[0] in self._pending:
+            return
+        name, k = following[0]
+        # Set methods anonymize in this process; starting them early would only block.
+        if not is_set_method(get_method(name)):
+            self._pending[following[0]] = self._start_variant(name, k)
+
     def variant(self, method_name: str, k: int | None) -> dict[str, Encoded]:
         """Anonymize every image with (method, k) once, and encode the results."""
-        method = get_method(method_name)
-        k = method.check_k(k)
+        k = get_method(method_name).check_k(k)
         if (method_name, k) in self._variants:
             return self._variants[(method_name, k)]
-        originals = self.originals()
-        if is_set_method(method):
-            results = self._map(_array_task, self._anonymize_sets(method, method_name, k))
-        else:
-            tasks = [
-                (key, str(self.dataset.path(s)), originals[key].boxes, method_name, k)
-                for key, s in self.samples.items()
-            ]
-            results = self._map(_variant_task, tasks)
+        self.originals()
+        results = self._pending.pop((method_name, k), None)
+        if results is None:
+            results = self._start_variant(method_name, k)
+        self._prefetch_after((method_name, k))
         encoded = self._finish(results, role="anonymized", method=method_name, k=k)
         self._variants = {(method_name, k): encoded}  # keep one variant: bounded memory
         return encoded

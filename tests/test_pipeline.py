@@ -21,6 +21,8 @@ def _run(db, lfw, split, workers, cases):
                           dataset_fingerprint=lfw.fingerprint, config={}, git_commit=None,
                           git_dirty=None, packages={}, machine={})
     with Evaluation(lfw, split, db=db, run_id=run_id, workers=workers) as evaluation:
+        # The parallel path also prepares each next variant ahead (plan); the serial one not.
+        evaluation.plan([c[:2] for c in cases if c[0] is not None])
         ids = [evaluation.run_case(*case)[0] for case in cases]
     db.finish_run(run_id, "complete")
     return ids
@@ -28,7 +30,8 @@ def _run(db, lfw, split, workers, cases):
 
 def test_parallel_scores_equal_serial_scores(lfw, tmp_path):
     split = protocol_split(lfw, identities=8, seed=11)
-    cases = [(None, None, "clear"), ("blur", 15, "naive"), ("noise", 30, "parrot")]
+    cases = [(None, None, "clear"), ("blur", 15, "naive"), ("noise", 30, "parrot"),
+             ("pixelate", 10, "reverse"), ("blur", 15, "reverse")]
     # Separate databases, so the second run cannot take its embeddings from the first.
     with ResultsDB(tmp_path / "serial.duckdb") as serial_db:
         serial = [_scores(serial_db, c) for c in _run(serial_db, lfw, split, 1, cases)]
@@ -91,6 +94,24 @@ def test_mode_and_method_must_agree(lfw, tmp_path):
             evaluation.run_case("blur", 5, "clear")
         with pytest.raises(ValueError, match="unknown mode"):
             evaluation.run_case("blur", 5, "sideways")
+
+
+def test_decoded_image_cache_keeps_to_its_budget(tmp_path):
+    from PIL import Image
+
+    from faceanon.pipeline import DecodedImages
+
+    paths = []
+    for index in range(4):
+        path = tmp_path / f"{index}.png"
+        Image.fromarray(np.full((10, 10, 3), index, np.uint8)).save(path)
+        paths.append(str(path))
+    cache = DecodedImages(budget_bytes=2 * 300)
+    for path in paths:
+        image = cache.read(path)
+        assert not image.flags.writeable, "a shared original must not be changed in place"
+    assert list(cache.images) == paths[2:] and cache.used == 600
+    assert cache.read(paths[3]) is cache.images[paths[3]]
 
 
 def test_image_rng_depends_on_every_part():
