@@ -66,7 +66,7 @@ def k_same_clusters(
     n = len(vectors)
     if n < k:
         raise MethodError(
-            f"ksame: the set holds {n} face(s), fewer than k={k}; k-Same needs at least k faces "
+            f"the set holds {n} face(s), fewer than k={k}; k-Same needs at least k faces "
             "to average (pass a larger set, e.g. a whole folder, or a smaller k)"
         )
     vectors = np.asarray(vectors, dtype=np.float64)
@@ -190,7 +190,7 @@ class KSame(Method):
             return AlignedSet(faces=[], aligned=empty, deidentified=empty, clusters=[])
         if len(faces) < k:
             raise MethodError(
-                f"ksame: the set holds {len(faces)} face(s) in {len(images)} image(s), fewer "
+                f"the set holds {len(faces)} face(s) in {len(images)} image(s), fewer "
                 f"than k={k}; k-Same averages groups of at least k faces, so pass at least k "
                 "faces (a folder of images is one set) or lower k"
             )
