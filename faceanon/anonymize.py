@@ -253,8 +253,15 @@ class Reporter:
     help="Print one JSON document with per-file results and totals on stdout.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Checkpoint for a generative method (deepprivacy), e.g. from `faceanon train-gan`.",
+)
 def anonymize_command(
-    inputs, outdir, method_name, k, detector, region, margin, seed, on_miss, as_json, quiet
+    inputs, outdir, method_name, k, detector, region, margin, seed, on_miss, as_json, quiet,
+    weights,
 ):
     """Anonymize the faces in image files and folders (recursively) into OUTDIR.
 
@@ -267,7 +274,11 @@ def anonymize_command(
 
     started = time.perf_counter()
     try:
-        method = get_method(method_name)
+        options = {} if weights is None else {"weights": weights}
+        try:
+            method = get_method(method_name, **options)
+        except TypeError:
+            raise MethodError(f"{method_name} takes no --weights") from None
         k_used = method.check_k(k)
         face_detector = get_detector(detector)
     except (MethodError, DetectorError) as error:
