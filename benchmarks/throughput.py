@@ -50,8 +50,8 @@ def grid_cases(ks_per_method: dict[str, list[int]]) -> list:
     return cases
 
 
-def run_pipeline(dataset, split, cases, *, workers: int) -> tuple[float, int]:
-    """Wall seconds of a whole run and the number of distinct images it had to encode."""
+def run_pipeline(dataset, split, cases, *, workers: int) -> tuple[float, int, int]:
+    """Wall seconds of a run, distinct images it had to encode, and how many had no face."""
     with tempfile.TemporaryDirectory() as scratch:
         with ResultsDB(Path(scratch) / "r.duckdb") as db:
             run_id = db.start_run(name="throughput", dataset_name=dataset.name,
@@ -63,8 +63,10 @@ def run_pipeline(dataset, split, cases, *, workers: int) -> tuple[float, int]:
                 for case in cases:
                     ev.run_case(*case)
             wall = time.perf_counter() - start
-            encoded = db.con.execute("SELECT count(*) FROM embeddings").fetchall()[0][0]
-    return wall, encoded
+            encoded, faceless = db.con.execute(
+                "SELECT count(*), count(*) FILTER (embedding IS NULL) FROM embeddings"
+            ).fetchall()[0]
+    return wall, encoded, faceless
 
 
 def single_image_seconds(dataset, samples, backend: DlibResNet) -> float:
@@ -75,6 +77,16 @@ def single_image_seconds(dataset, samples, backend: DlibResNet) -> float:
     for image in images:
         backend.encode(image)
     return (time.perf_counter() - start) / len(images)
+
+
+def no_face_seconds(backend: DlibResNet) -> float:
+    """Time of one image in which the detector finds nothing (no descriptor to compute)."""
+    blank = np.full((250, 250, 3), 127, np.uint8)
+    backend.encode(blank)
+    start = time.perf_counter()
+    for _ in range(20):
+        backend.encode(blank)
+    return (time.perf_counter() - start) / 20
 
 
 def naive_seed_study(dataset, split, cases) -> float:
@@ -121,17 +133,24 @@ def main() -> None:
 
     if not args.skip_paper:
         paper = grid_cases({m: PAPER_KS[m] for m in AD_HOC})
-        wall, encoded = run_pipeline(dataset, split, paper, workers=cores)
+        wall, encoded, faceless = run_pipeline(dataset, split, paper, workers=cores)
         floor = encoded * t_single / cores
-        print(f"paper grid: {len(paper)} cases, {encoded} images encoded")
+        print(f"paper grid: {len(paper)} cases, {encoded} images encoded, "
+              f"{faceless} of them with no face found")
         print(f"  floor  {floor:8.1f} s  ({encoded} x {1000 * t_single:.1f} ms / {cores})")
         print(f"  wall   {wall:8.1f} s")
         print(f"  floor / wall = {floor / wall:.2f}  (goal >= 0.85)")
+        # An image with no face costs only the detector, so the issue's floor overstates
+        # the unavoidable work; this one charges each image what it really needs.
+        t_empty = no_face_seconds(DlibResNet())
+        strict = ((encoded - faceless) * t_single + faceless * t_empty) / cores
+        print(f"  strict floor {strict:.1f} s (no-face image {1000 * t_empty:.1f} ms): "
+              f"strict floor / wall = {strict / wall:.2f}")
 
     small = protocol_split(dataset, identities=args.naive_identities, seed=0)
     small_cases = grid_cases({"blur": [15, 90], "pixelate": [10]})
     naive = naive_seed_study(dataset, small, small_cases)
-    ours, _ = run_pipeline(dataset, small, small_cases, workers=cores)
+    ours, _, _ = run_pipeline(dataset, small, small_cases, workers=cores)
     print(f"small grid ({len(small_cases)} cases, {args.naive_identities} identities): "
           f"seed-study loop {naive:.1f} s, faceanon {ours:.1f} s, "
           f"speed-up {naive / ours:.1f}x  (goal >= 20x)")
