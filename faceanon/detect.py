@@ -123,14 +123,16 @@ class Detector(abc.ABC):
 
 
 @functools.cache
-def _hog_model():
+def hog_model():
+    """dlib's HOG frontal face detector, loaded once per process and shared by every module."""
     import dlib
 
     return dlib.get_frontal_face_detector()
 
 
 @functools.cache
-def _cnn_model():
+def cnn_model():
+    """dlib's MMOD CNN face detector, loaded once per process and shared by every module."""
     import dlib
     import face_recognition_models
 
@@ -165,7 +167,7 @@ class HogDetector(Detector):
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         image = np.ascontiguousarray(to_rgb(image))
-        rectangles, scores, _ = _hog_model().run(image, self.upsample, 0)
+        rectangles, scores, _ = hog_model().run(image, self.upsample, 0)
         found = (
             _from_corners(r.left(), r.top(), r.right(), r.bottom(), image.shape, s)
             for r, s in zip(rectangles, scores, strict=True)
@@ -198,7 +200,7 @@ class CnnDetector(Detector):
                 image.shape,
                 m.confidence,
             )
-            for m in _cnn_model()(image, self.upsample)
+            for m in cnn_model()(image, self.upsample)
         )
         return [d for d in found if d is not None]
 

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from faceanon.detect import hog_model
+
 Box = tuple[int, int, int, int]
 
 #: Names of the sparse keypoints the GAN is conditioned on, in channel order.
@@ -66,19 +68,11 @@ def shape_predictor_68():
     return dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
 
 
-@functools.cache
-def hog_detector():
-    """dlib's HOG frontal face detector, loaded once."""
-    import dlib
-
-    return dlib.get_frontal_face_detector()
-
-
 def hog_boxes(image: np.ndarray, *, upsample: int = 0) -> list[Box]:
     """Face boxes ``(x, y, w, h)`` from dlib's HOG detector, largest first, clipped to the image."""
     height, width = image.shape[:2]
     boxes = []
-    for rect in hog_detector()(np.ascontiguousarray(image), upsample):
+    for rect in hog_model()(np.ascontiguousarray(image), upsample):
         x0, y0 = max(rect.left(), 0), max(rect.top(), 0)
         x1, y1 = min(rect.right() + 1, width), min(rect.bottom() + 1, height)
         if x1 > x0 and y1 > y0:

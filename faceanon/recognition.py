@@ -57,10 +57,12 @@ def _dlib_models(detector: str):
     import dlib
     import face_recognition_models as models
 
+    from faceanon.detect import cnn_model, hog_model
+
     if detector == "hog":
-        find_faces = dlib.get_frontal_face_detector()
+        find_faces = hog_model()
     elif detector == "cnn":
-        find_faces = dlib.cnn_face_detection_model_v1(models.cnn_face_detector_model_location())
+        find_faces = cnn_model()
     else:
         raise ValueError(f"unknown detector {detector!r}; use 'hog' or 'cnn'")
     landmarks = dlib.shape_predictor(models.pose_predictor_five_point_model_location())
