@@ -1,4 +1,8 @@
--- faceanon metric views (ISO/IEC 19795-1 vocabulary), created by faceanon.store.ResultsDB.
+-- faceanon metric views (ISO/IEC 19795-1 vocabulary).
+--
+-- faceanon.store.ResultsDB creates them as TEMP views on every connection that reads
+-- metrics, never in the database file: whichever faceanon reads a database computes the
+-- metrics with its own definitions, and read-only connections get them too.
 --
 -- CONVENTIONS
 -- ===========
@@ -41,15 +45,14 @@
 -- GEER (EER of the all-comparison curves, i.e. of the generalized rates). Same
 --   construction on FMR_all / FNMR_all; geer_crossed = true. NULLs never match, so the
 --   curves may never cross: with 92 % of probes not acquired FNMR_all >= 0.92 while
---   FMR_all <= 0.08. Then geer_crossed = false and geer is the midpoint
---   (FMR_all + FNMR_all) / 2 at the threshold where |FMR_all - FNMR_all| is smallest,
---   which (the difference being monotone) is the largest distance of the case;
---   geer_threshold is that distance. With no non-NULL distance at all, the start point
---   is the only point: geer = (0 + 1) / 2 = 0.5, geer_threshold NULL. geer is NULL when
---   n_mated or n_nonmated is 0. When every probe is compared with the same gallery and
---   no gallery image failed to enrol, FMR_all = FMR (1 - FTA) and FNMR_all =
---   FTA + FNMR (1 - FTA) at every threshold, so geer is the EER of gfar/gfrr.
---
+--   FMR_all <= 0.08. ISO/IEC 19795-1 has no equal error rate there, so geer and
+--   geer_threshold are NULL ("not reached") and geer_crossed = false; never read such a
+--   case as "geer = 0.5", and never rank or compare cases by a geer that was not reached.
+--   geer and geer_crossed are NULL when n_mated or n_nonmated is 0. When every probe is
+--   compared with the same gallery and no gallery image failed to enrol, FMR_all =
+--   FMR (1 - FTA) and FNMR_all = FTA + FNMR (1 - FTA) at every threshold, so geer is the
+--   EER of gfar/gfrr.
+
 -- Rates at a fixed FMR. fnmr_at_fmr_1pct = FNMR at the largest threshold whose
 --   FMR <= 1 % (compared exactly, in integers); the start point counts, so if even the
 --   smallest distance gives FMR > 1 %, the value is 1. fnmr_at_fmr_01pct likewise for
@@ -58,11 +61,18 @@
 --   has one mated gallery image) that an attacker links at that operating point; NULL
 --   when n_mated or n_nonmated is 0.
 --
--- Decision threshold. settings.threshold (default 0.6, face_recognition's tolerance; set
---   with ResultsDB.set_threshold). fmr, fnmr, fmr_all, fnmr_all are read there, and
---   gfar = fmr * (1 - fta), gfrr = fta + fnmr * (1 - fta) (ISO/IEC 19795-1 FAR/FRR with
---   failures to acquire; FTE is reported apart, since galleries are clear originals).
---
+-- Decision threshold. Each run's own runs.threshold (default 0.6, face_recognition's
+--   tolerance; ResultsDB.start_run(threshold=...)), so one database holds runs measured at
+--   different thresholds and a new run never changes the numbers of an earlier one.
+--   fmr, fnmr, fmr_all, fnmr_all are read there, and so are the generalized rates of
+--   ISO/IEC 19795-1 (verification with failures to acquire and to enrol):
+--     gfar = FMR (1 - FTA) (1 - FTE)
+--     gfrr = FTE + (1 - FTE) FTA + (1 - FTE) (1 - FTA) FNMR
+--   FTE counts because reverse and parrot enrol anonymized faces. With FTA = 1 or
+--   FTE = 1 nothing is compared, FMR and FNMR are undefined, and the formulas' limits
+--   gfar = 0, gfrr = 1 are reported. Otherwise gfar is NULL when FMR is undefined (no
+--   acquired non-mated comparison) and gfrr when FNMR is.
+
 -- FTA / FTE. fta = share of the case's distinct probes not acquired; fte = share of the
 --   distinct gallery images not enrolled. An image is acquired/enrolled when
 --   scores.probe_acquired / gallery_enrolled says so; when that column is NULL, when some
@@ -80,7 +90,7 @@
 
 -- Per case and distinct non-NULL distance: counts there (m mated, n non-mated), the
 -- cumulative counts up to and including it (cm, cn), and the previous distinct distance.
-CREATE OR REPLACE VIEW score_points AS
+CREATE OR REPLACE TEMP VIEW score_points AS
 WITH grouped AS (
     SELECT case_id, distance,
            -- INTEGER, so that the running sums stay BIGINT (HUGEINT sums are slow)
@@ -99,7 +109,7 @@ WINDOW w AS (PARTITION BY case_id ORDER BY distance
              ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW);
 
 -- Per case comparison counts.
-CREATE OR REPLACE VIEW case_totals AS
+CREATE OR REPLACE TEMP VIEW case_totals AS
 SELECT case_id,
        count(*) FILTER (WHERE mated)                  AS n_mated,
        count(*) FILTER (WHERE NOT mated)              AS n_nonmated,
@@ -111,12 +121,13 @@ GROUP BY case_id;
 
 -- Distance bin (0 .. 1023) of d within a case's [lo, hi] distance range. Monotone in d
 -- (ties share a bin); case_metrics uses it to sort only the few bins it needs.
-CREATE OR REPLACE MACRO distance_bin(d, lo, hi) AS
+CREATE OR REPLACE TEMP MACRO distance_bin(d, lo, hi) AS
     CASE WHEN hi > lo THEN least(floor((d - lo) / (hi - lo) * 1024), 1023)::INTEGER
          ELSE 0 END;
 
--- case_metrics columns: case_id; n_mated, n_nonmated (all comparisons), n_acquired
--- (comparisons with a distance), n_probes, n_gallery (distinct images); fta, fte; eer,
+-- case_metrics columns: case_id; n_mated, n_nonmated (all comparisons), n_acquired,
+-- n_mated_acquired, n_nonmated_acquired (comparisons with a distance: the classic rates
+-- rest on them), n_probes, n_gallery (distinct images); fta, fte; eer,
 -- eer_threshold; threshold (the decision threshold) with fmr, fnmr, gfar, gfrr, fmr_all,
 -- fnmr_all there; fnmr_at_fmr_1pct, fnmr_at_fmr_01pct; geer, geer_threshold,
 -- geer_crossed; tar_at_fmr_1pct_all; rank1. Rates are fractions in [0, 1].
@@ -127,9 +138,9 @@ CREATE OR REPLACE MACRO distance_bin(d, lo, hi) AS
 -- first holds at its end holds the first point where it holds; (3) sort only those bins,
 -- offset by the counts of the bins before them. Exact: the result is the same as a scan
 -- of all distinct distances (tests/test_metrics.py checks it against numpy).
-CREATE OR REPLACE VIEW case_metrics AS
+CREATE OR REPLACE TEMP VIEW case_metrics AS
 WITH
-thr AS (SELECT threshold FROM settings WHERE id = 1),
+thr AS (SELECT c.id AS case_id, r.threshold FROM cases c JOIN runs r ON r.id = c.run_id),
 tot AS (
     SELECT s.case_id,
            count(*) FILTER (WHERE s.mated)                          AS n_mated,
@@ -141,7 +152,7 @@ tot AS (
            max(s.distance)                                          AS d_hi,
            count(*) FILTER (WHERE s.mated AND s.distance <= thr.threshold)     AS cm_at_thr,
            count(*) FILTER (WHERE NOT s.mated AND s.distance <= thr.threshold) AS cn_at_thr
-    FROM scores s CROSS JOIN thr
+    FROM scores s JOIN thr USING (case_id)
     GROUP BY s.case_id
 ),
 -- (1) per case and distance bin: counts, cumulative counts at the bin's end
@@ -291,12 +302,7 @@ rates AS (
                 'fr1': (t.n_mated - pts.xa.cm) / t.n_mated,
                 'd': pts.xa.d, 'pd': pts.xa.pd}
            END AS g,
-           -- all-comparison point with the smallest |FMR_all - FNMR_all| when no crossing
-           CASE WHEN t.n_mated > 0 AND t.n_nonmated > 0 THEN
-               {'fa': t.n_nonmated_acquired / t.n_nonmated,
-                'fr': (t.n_mated - t.n_mated_acquired) / t.n_mated,
-                'd': t.d_hi}
-           END AS gl,
+           t.n_mated > 0 AND t.n_nonmated > 0 AS both_classes,
            -- no point above the FMR: every acquired mated comparison matches
            CASE WHEN t.n_mated_acquired > 0 AND t.n_nonmated_acquired > 0 THEN
                (t.n_mated_acquired - coalesce(pts.cm_before_1pct, t.n_mated_acquired))
@@ -313,7 +319,7 @@ rates AS (
            (t.n_mated - t.cm_at_thr) / nullif(t.n_mated, 0)              AS fnmr_all,
            ps.rank1_hits / nullif(ps.n_rank1_probes, 0)                   AS rank1
     FROM cases c
-    CROSS JOIN thr
+    JOIN thr                  ON thr.case_id = c.id
     LEFT JOIN tot t           ON t.case_id = c.id
     LEFT JOIN pts             ON pts.case_id = c.id
     LEFT JOIN probe_stats ps  ON ps.case_id = c.id
@@ -327,6 +333,8 @@ interp AS (
 )
 SELECT case_id,
        n_mated, n_nonmated, n_acquired,
+       coalesce(n_mated_acquired, 0)    AS n_mated_acquired,
+       coalesce(n_nonmated_acquired, 0) AS n_nonmated_acquired,
        n_probes, n_gallery,
        fta, fte,
        e.fa0 + ea * (e.fa1 - e.fa0)                                   AS eer,
@@ -335,29 +343,28 @@ SELECT case_id,
        fmr, fnmr,
        fnmr_1  AS fnmr_at_fmr_1pct,
        fnmr_01 AS fnmr_at_fmr_01pct,
-       fmr * (1 - fta)               AS gfar,
-       fta + fnmr * (1 - fta)        AS gfrr,
+       CASE WHEN fta = 1 OR fte = 1 THEN 0.0
+            ELSE fmr * (1 - fta) * (1 - fte) END                       AS gfar,
+       CASE WHEN fta = 1 OR fte = 1 THEN 1.0
+            ELSE fte + (1 - fte) * fta + (1 - fte) * (1 - fta) * fnmr END AS gfrr,
        fmr_all, fnmr_all,
-       CASE WHEN g IS NOT NULL THEN g.fa0 + ga * (g.fa1 - g.fa0)
-            ELSE (gl.fa + gl.fr) / 2 END                              AS geer,
-       CASE WHEN g IS NOT NULL THEN
-                CASE WHEN g.pd IS NULL THEN g.d ELSE g.pd + ga * (g.d - g.pd) END
-            ELSE gl.d END                                             AS geer_threshold,
-       CASE WHEN gl IS NULL THEN NULL ELSE g IS NOT NULL END          AS geer_crossed,
+       g.fa0 + ga * (g.fa1 - g.fa0)                                   AS geer,
+       CASE WHEN g.pd IS NULL THEN g.d ELSE g.pd + ga * (g.d - g.pd) END AS geer_threshold,
+       CASE WHEN both_classes THEN g IS NOT NULL END                  AS geer_crossed,
        tar_all_1 AS tar_at_fmr_1pct_all,
        rank1
 FROM interp;
 
 -- The 2x2 confusion matrix per case and threshold, in percent of the comparisons of the
 -- scope ('acquired': distance NOT NULL; 'all': every comparison, NULL = predicted
--- non-mated), plus the counts. Thresholds: the decision threshold and every row of
--- confusion_thresholds (defaults 0.6 and 0.575).
-CREATE OR REPLACE VIEW confusion AS
+-- non-mated), plus the counts. Thresholds: the decision threshold of the case's run and
+-- every row of confusion_thresholds (defaults 0.6 and 0.575).
+CREATE OR REPLACE TEMP VIEW confusion AS
 WITH
 th AS (
-    SELECT threshold FROM settings WHERE id = 1
+    SELECT c.id AS case_id, r.threshold FROM cases c JOIN runs r ON r.id = c.run_id
     UNION
-    SELECT threshold FROM confusion_thresholds
+    SELECT c.id AS case_id, t.threshold FROM cases c CROSS JOIN confusion_thresholds t
 ),
 counts AS (
     SELECT s.case_id, th.threshold,
@@ -368,7 +375,7 @@ counts AS (
            count(*) FILTER (WHERE NOT s.mated AND s.distance > th.threshold)       AS nn,
            count(*) FILTER (WHERE NOT s.mated AND s.distance IS NULL)              AS n_null
     FROM scores s
-    CROSS JOIN th
+    JOIN th USING (case_id)
     GROUP BY s.case_id, th.threshold
 ),
 scoped AS (
@@ -392,7 +399,7 @@ FROM scoped;
 -- point t = -infinity, FMR = 0, FNMR = 1, is not listed). fmr/fnmr are the classic rates
 -- (NULL when a class has no acquired comparison), fmr_all/fnmr_all the all-comparison
 -- rates (NULL = non-match).
-CREATE OR REPLACE VIEW det_curve AS
+CREATE OR REPLACE TEMP VIEW det_curve AS
 SELECT p.case_id,
        p.distance                                                       AS threshold,
        p.cn / nullif(t.n_nonmated_acquired, 0)                          AS fmr,

@@ -1,36 +1,52 @@
--- faceanon results database: tables.
+-- faceanon results database: tables, schema version 2.
 --
--- Executed by faceanon.store.ResultsDB every time a database is opened for writing, so
--- every statement here must be idempotent (IF NOT EXISTS, INSERT OR IGNORE).
--- Table names are a contract with the report and the benchmark suite; columns may be added.
+-- Executed by faceanon.store.ResultsDB once, when it creates a new database. A database
+-- written by an older faceanon is upgraded in place by the migrations in store.py (they
+-- end in exactly these tables); one written by a newer faceanon is refused.
+-- Table names are a contract with the report and the benchmark suite; columns may be added
+-- (with a new schema version and a migration).
 --
 -- Timestamps are TIMESTAMP in UTC. JSON columns hold objects written by the library.
 -- There are no FOREIGN KEY constraints on purpose: DuckDB checks them row by row on
 -- insert (too slow for millions of scores) and refuses to delete a parent row in the
 -- same transaction as its children. ResultsDB.delete_run removes children explicitly.
+-- The metric views are not stored here: see metrics.sql.
 
-CREATE SEQUENCE IF NOT EXISTS runs_id_seq START 1;
-CREATE SEQUENCE IF NOT EXISTS cases_id_seq START 1;
+-- One row: the schema version of this file (ResultsDB.SCHEMA_VERSION).
+CREATE TABLE schema_version (
+    version INTEGER NOT NULL
+);
+INSERT INTO schema_version VALUES (2);
+
+CREATE SEQUENCE runs_id_seq START 1;
+CREATE SEQUENCE cases_id_seq START 1;
 
 -- One benchmark invocation.
-CREATE TABLE IF NOT EXISTS runs (
+CREATE TABLE runs (
     id                  BIGINT PRIMARY KEY DEFAULT nextval('runs_id_seq'),
     name                VARCHAR,
     started             TIMESTAMP NOT NULL,          -- UTC
     finished            TIMESTAMP,                   -- UTC, NULL while running
+    -- 'crashed': the run's process is gone (or its heartbeat stale) and it never finished
     status              VARCHAR NOT NULL
-        CHECK (status IN ('running', 'complete', 'failed', 'interrupted')),
+        CHECK (status IN ('running', 'complete', 'failed', 'interrupted', 'crashed')),
     git_commit          VARCHAR,
     git_dirty           BOOLEAN,
     packages            JSON,                        -- {"numpy": "2.4.6", ...}
     machine             JSON,                        -- {"cpu": ..., "gpu": ..., ...}
     dataset_name        VARCHAR NOT NULL,
     dataset_fingerprint VARCHAR NOT NULL,
-    config              JSON
+    config              JSON,
+    -- decision threshold of the metric views for this run's cases (distance <= it matches)
+    threshold           DOUBLE NOT NULL,
+    methods             JSON,                        -- {"blur": {describe()}, ...}
+    host                VARCHAR,                     -- where the writing process runs
+    pid                 BIGINT,                      -- ... and its process id there
+    heartbeat           TIMESTAMP                    -- UTC, refreshed while it runs
 );
 
 -- One (method, k, mode, detector, backend) cell of a run.
-CREATE TABLE IF NOT EXISTS cases (
+CREATE TABLE cases (
     id       BIGINT PRIMARY KEY DEFAULT nextval('cases_id_seq'),
     run_id   BIGINT NOT NULL,
     method   VARCHAR NOT NULL,
@@ -42,7 +58,7 @@ CREATE TABLE IF NOT EXISTS cases (
 );
 
 -- Per original or anonymized image of a run.
-CREATE TABLE IF NOT EXISTS images (
+CREATE TABLE images (
     run_id      BIGINT NOT NULL,
     key         VARCHAR NOT NULL,                    -- dataset image key
     role        VARCHAR NOT NULL CHECK (role IN ('original', 'anonymized')),
@@ -58,7 +74,7 @@ CREATE TABLE IF NOT EXISTS images (
 -- NULL when either side has no embedding (failure to acquire / to enrol).
 -- probe_acquired / gallery_enrolled tell FTA and FTE apart; when NULL the metric views
 -- fall back to "some comparison of that image has a distance".
-CREATE TABLE IF NOT EXISTS scores (
+CREATE TABLE scores (
     case_id          BIGINT NOT NULL,
     probe            VARCHAR NOT NULL,
     gallery          VARCHAR NOT NULL,
@@ -69,18 +85,21 @@ CREATE TABLE IF NOT EXISTS scores (
 );
 
 -- Embedding cache, shared by all runs (never deleted with a run).
+-- model says exactly what computed the embedding (ResultsDB: sha256 of the model files and
+-- the library versions), so a changed model never reuses another model's embeddings.
 -- embedding is NULL when no face was found ("no face" is cached too).
-CREATE TABLE IF NOT EXISTS embeddings (
+CREATE TABLE embeddings (
     backend     VARCHAR NOT NULL,
+    model       VARCHAR NOT NULL,
     sha256      VARCHAR NOT NULL,
     embedding   DOUBLE[],
     faces_found INTEGER NOT NULL,
     created     TIMESTAMP,                           -- UTC
-    PRIMARY KEY (backend, sha256)
+    PRIMARY KEY (backend, model, sha256)
 );
 
 -- Benchmark timings per case (pytest-benchmark style statistics).
-CREATE TABLE IF NOT EXISTS timings (
+CREATE TABLE timings (
     case_id BIGINT NOT NULL,
     name    VARCHAR NOT NULL,                        -- 'anonymize', 'recognize', ...
     min     DOUBLE,
@@ -92,20 +111,9 @@ CREATE TABLE IF NOT EXISTS timings (
     unit    VARCHAR NOT NULL DEFAULT 'seconds per image'
 );
 
--- Extra thresholds the `confusion` view reports (besides the decision threshold).
--- Seeded once, when the database is new: 0.6 (face_recognition's tolerance) and 0.575
--- (the seed study's DeepPrivacy table).
-CREATE TABLE IF NOT EXISTS confusion_thresholds (
+-- Extra thresholds the `confusion` view reports (besides each run's decision threshold):
+-- 0.6 (face_recognition's tolerance) and 0.575 (the seed study's DeepPrivacy table).
+CREATE TABLE confusion_thresholds (
     threshold DOUBLE PRIMARY KEY
 );
-INSERT OR IGNORE INTO confusion_thresholds
-    SELECT * FROM (VALUES (0.6), (0.575)) AS t(threshold)
-    WHERE NOT EXISTS (SELECT 1 FROM information_schema.tables
-                      WHERE table_name = 'settings' AND table_schema = current_schema());
-
--- One-row settings: the decision threshold of the metric views (default 0.6).
-CREATE TABLE IF NOT EXISTS settings (
-    id        INTEGER PRIMARY KEY CHECK (id = 1),
-    threshold DOUBLE NOT NULL
-);
-INSERT OR IGNORE INTO settings VALUES (1, 0.6);
+INSERT INTO confusion_thresholds VALUES (0.6), (0.575);

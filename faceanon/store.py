@@ -2,18 +2,59 @@
 
 Tables are created from ``schema.sql`` and the metric views from ``metrics.sql`` (both
 shipped in the package); the conventions of the views (polarity, ties, EER interpolation,
-failures to acquire) are documented at the top of ``metrics.sql``.
+failures to acquire, the decision threshold of each run) are documented at the top of
+``metrics.sql``.
 
 Everything is written in bulk through Arrow, never row by row. Timestamps are UTC.
+
+Never locked out
+----------------
+DuckDB lets one process write a database file, and holds the file's lock for as long as a
+connection is open: a reader cannot open it while a writer is connected, nor a writer while
+a reader is. So :class:`ResultsDB` never keeps the file open between calls. Each method
+opens it, does one batch of work in one transaction and closes it; an open that finds the
+file locked retries with exponential backoff (and jitter) for up to ``lock_timeout``
+seconds. Two benchmark runs can therefore write one database at the same time, and
+``faceanon report`` or ``faceanon runs list`` can read it while a run is in progress. A
+process that keeps the file open (an older faceanon, the DuckDB shell, a notebook holding
+:attr:`ResultsDB.con`) cannot be waited out: after ``lock_timeout`` a
+:class:`DatabaseLockedError` says, in one line, which process holds the file and what to do.
+
+:meth:`ResultsDB.write_case` writes one case's row, scores, images and timings in ONE
+transaction, so a process killed at any moment leaves every case either complete or absent.
+
+Runs record their host, process id and a heartbeat (refreshed every
+``HEARTBEAT_INTERVAL`` seconds by a background thread while the run is open). A run whose
+process is gone (same host) or whose heartbeat is older than ``STALE_AFTER`` (another
+host) and that never finished is ``crashed``: a writer marks it so when it opens the
+database; :meth:`ResultsDB.runs` shows it so to readers.
+
+Schema versions
+---------------
+The database records its schema version (table ``schema_version``; a database without it
+was written by faceanon before versions were recorded: version 1). Opening a database of an
+older version upgrades it in place, in one transaction (see ``_MIGRATIONS``); a database
+of a newer version is refused with a message that says what to do. A database is never
+read with definitions it was not written for.
 
 The ``faceanon runs`` command group (:data:`runs_command`) lists, shows and deletes runs.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+import os
+import random
+import re
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -25,14 +66,50 @@ import numpy as np
 import pyarrow as pa
 
 DEFAULT_DB = "results.duckdb"
+#: Decision threshold of a run when none is given: face_recognition's tolerance.
 DEFAULT_THRESHOLD = 0.6
-RUN_STATUSES = ("running", "complete", "failed", "interrupted")
+#: The schema version this faceanon writes and reads (``schema.sql``).
+SCHEMA_VERSION = 2
+RUN_STATUSES = ("running", "complete", "failed", "interrupted", "crashed")
 FINAL_STATUSES = ("complete", "failed", "interrupted")
 MODES = ("clear", "naive", "reverse", "parrot")
 IMAGE_COLUMNS = ("key", "role", "method", "k", "sha256", "acquired", "faces_found", "backend")
 TIMING_COLUMNS = ("name", "min", "max", "median", "mean", "stddev", "rounds", "unit")
+SCORE_COLUMNS = ("probe", "gallery", "mated", "distance", "probe_acquired", "gallery_enrolled")
 
-__all__ = ["DEFAULT_DB", "ResultsDB", "runs_command"]
+#: Seconds a reader waits for a locked database before giving up (ResultsDB(read_only=True)).
+READ_LOCK_TIMEOUT = 30.0
+#: Seconds a writer waits: long enough to outlast a report being rendered.
+WRITE_LOCK_TIMEOUT = 300.0
+#: Seconds between two heartbeats of a running run.
+HEARTBEAT_INTERVAL = 30.0
+#: A run on another host whose heartbeat is older than this (seconds) is taken as crashed.
+STALE_AFTER = 600.0
+
+__all__ = [
+    "DEFAULT_DB",
+    "DEFAULT_THRESHOLD",
+    "SCHEMA_VERSION",
+    "DatabaseLockedError",
+    "ResultsDB",
+    "SchemaVersionError",
+    "StoreError",
+    "dlib_model_fingerprint",
+    "model_fingerprint",
+    "runs_command",
+]
+
+
+class StoreError(RuntimeError):
+    """The results database cannot be opened, read or written as asked."""
+
+
+class DatabaseLockedError(StoreError):
+    """Another process kept the database file locked for longer than ``lock_timeout``."""
+
+
+class SchemaVersionError(StoreError):
+    """The database was written by another faceanon and cannot be read by this one."""
 
 
 def _sql(name: str) -> str:
@@ -71,6 +148,238 @@ def _string_array(values: Sequence[str], n: int, name: str) -> pa.Array:
     return array
 
 
+def _check_threshold(threshold: float) -> float:
+    threshold = float(threshold)
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be finite, got {threshold}")
+    return threshold
+
+
+# -- what computed an embedding ------------------------------------------------------------
+
+
+@functools.cache
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    # size and mtime are part of the cache key: a file replaced in place is hashed again
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_fingerprint(files: Sequence[str | os.PathLike], *,
+                      versions: Mapping[str, str]) -> str:
+    """A key that changes whenever a model file or a library that runs it changes.
+
+    Parameters
+    ----------
+    files : sequence of path
+        The model files (weights, detectors) that compute an embedding.
+    versions : mapping of str to str
+        Versions of the libraries that run them, e.g. ``{"dlib": "19.24.6"}``.
+
+    Returns
+    -------
+    str
+        ``"sha256:"`` and the hex sha256 over each file's name and sha256 and each
+        ``name==version``, sorted. Where the files lie does not matter, their bytes do.
+    """
+    lines = []
+    for file in files:
+        path = Path(file)
+        stat = path.stat()
+        lines.append(f"{path.name}\t{_file_sha256(str(path), stat.st_size, stat.st_mtime_ns)}")
+    lines.extend(f"{name}=={version}" for name, version in versions.items())
+    return "sha256:" + hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+
+
+@functools.cache
+def dlib_model_fingerprint() -> str:
+    """The :func:`model_fingerprint` of the ``dlib-resnet`` backends.
+
+    dlib's version (its HOG detector is compiled in) and the ``face_recognition_models``
+    files they load: the 5-point shape predictor, the ResNet descriptor and the CNN face
+    detector.
+    """
+    import dlib
+    import face_recognition_models as models
+
+    return model_fingerprint(
+        [models.pose_predictor_five_point_model_location(),
+         models.face_recognition_model_location(),
+         models.cnn_face_detector_model_location()],
+        versions={"dlib": dlib.__version__},
+    )
+
+
+def _default_model(backend: str) -> str:
+    if backend.startswith("dlib-resnet"):
+        return dlib_model_fingerprint()
+    raise StoreError(
+        f"the embedding cache needs model=... for backend {backend!r}: a key that says "
+        "which model files computed the embeddings (see faceanon.store.model_fingerprint)"
+    )
+
+
+# -- processes: who holds the file, is a run's writer alive --------------------------------
+
+
+def _lock_holder(error: Exception) -> int | None:
+    """The process id DuckDB names in a lock conflict, if it names one."""
+    found = re.search(r"\(PID (\d+)\)", str(error))
+    return int(found.group(1)) if found else None
+
+
+def _process_command(pid: int) -> str | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    # one line whatever the arguments hold (python -c scripts hold newlines)
+    command = " ".join(raw.replace(b"\0", b" ").decode(errors="replace").split())
+    return command[:120] + ("..." if len(command) > 120 else "") if command else None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # alive, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), on Linux; None elsewhere."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    # the command name (field 2) may hold spaces; fields after it are space separated
+    fields = stat[stat.rindex(")") + 2:].split()
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def _epoch(value: datetime) -> float:
+    return value.replace(tzinfo=UTC).timestamp()
+
+
+def run_is_abandoned(run: Mapping[str, Any], *, now: datetime | None = None,
+                     stale_after: float = STALE_AFTER) -> bool:
+    """Whether a run that says ``running`` lost its process (and will never finish).
+
+    Parameters
+    ----------
+    run : mapping
+        A row of ``runs``: ``status``, ``started``, ``host``, ``pid``, ``heartbeat``.
+    now : datetime, optional
+        UTC now.
+    stale_after : float
+        Seconds after which the heartbeat of a run on another host is stale.
+
+    Returns
+    -------
+    bool
+        On this host: the process is gone, or its id now belongs to a process that started
+        after the run (never true for a live run's own process). On another host, or with
+        no process recorded: the last heartbeat (or, without one, the start) is older
+        than ``stale_after``. False for any status other than ``running``.
+    """
+    if run.get("status") != "running":
+        return False
+    pid = run.get("pid")
+    if pid is not None and run.get("host") == socket.gethostname():
+        if not _process_alive(int(pid)):
+            return True
+        started = _process_start(int(pid))
+        return started is not None and run.get("started") is not None \
+            and started > _epoch(run["started"]) + 1.0
+    last = run.get("heartbeat") or run.get("started")
+    now = now or _now()
+    return last is None or (now - last).total_seconds() > stale_after
+
+
+# -- migrations ---------------------------------------------------------------------------
+
+
+def _migrate_1_to_2(con: duckdb.DuckDBPyConnection) -> None:
+    """Version 1 (no ``schema_version``) to 2.
+
+    - ``runs`` gains ``threshold``: the run's own decision threshold, taken from what the
+      run recorded in its config (``config.threshold``, which the benchmark writes), else
+      the database-wide setting the version 1 views used, else 0.6. ``settings`` goes.
+    - ``runs`` gains ``methods``, ``host``, ``pid``, ``heartbeat`` (NULL for old runs) and
+      the status ``crashed``: DuckDB cannot alter a CHECK constraint, so the table is
+      copied into the version 2 definition, ids kept. Runs still ``running`` are
+      ``crashed``: a version 1 writer held the file until it ended.
+    - ``embeddings`` gains ``model``. A version 1 cache does not say which model files
+      computed its embeddings, so it is emptied: they are computed again, never reused
+      from an unknown model.
+    - The metric views stored in the file are dropped: every connection now makes its own
+      (``metrics.sql``).
+    """
+    for view in ("case_metrics", "confusion", "det_curve", "score_points", "case_totals"):
+        con.execute(f"DROP VIEW IF EXISTS {view}")
+    con.execute("DROP MACRO IF EXISTS distance_bin")
+    has_settings = bool(con.execute(
+        "SELECT 1 FROM information_schema.tables WHERE table_schema = 'main' "
+        "AND table_name = 'settings'").fetchall())
+    setting = (con.execute("SELECT threshold FROM settings WHERE id = 1").fetchall()
+               if has_settings else [])
+    default = setting[0][0] if setting else DEFAULT_THRESHOLD
+    con.execute("ALTER TABLE runs RENAME TO runs_v1")
+    con.execute("ALTER TABLE embeddings RENAME TO embeddings_v1")
+    version_2 = _sql("schema.sql")
+    for table in ("runs", "embeddings"):
+        found = re.search(rf"CREATE TABLE {table} \(.*?\n\);", version_2, re.S)
+        con.execute(found.group(0))
+    con.execute(
+        """INSERT INTO runs (id, name, started, finished, status, git_commit, git_dirty,
+                             packages, machine, dataset_name, dataset_fingerprint, config,
+                             threshold)
+           SELECT id, name, started, finished, status, git_commit, git_dirty, packages,
+                  machine, dataset_name, dataset_fingerprint, config,
+                  coalesce(TRY_CAST(json_extract(config, '$.threshold') AS DOUBLE), ?)
+           FROM runs_v1""", [default])
+    # A version 1 writer kept the file open for its whole run: a transaction that holds
+    # the file now outlived it, so its runs still 'running' will never finish.
+    con.execute("UPDATE runs SET status = 'crashed' WHERE status = 'running'")
+    con.execute("DROP TABLE runs_v1")
+    con.execute("DROP TABLE embeddings_v1")
+    if has_settings:
+        con.execute("DROP TABLE settings")
+    con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    con.execute("INSERT INTO schema_version VALUES (2)")
+
+
+#: version -> the function that upgrades a database of that version to the next one.
+_MIGRATIONS = {1: _migrate_1_to_2}
+
+
+def _schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    """2.. from ``schema_version``; 1 for a faceanon database without it; 0 when empty."""
+    tables = {r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+        "AND table_catalog = current_database()").fetchall()}
+    if "schema_version" in tables:
+        rows = con.execute("SELECT version FROM schema_version").fetchall()
+        if len(rows) != 1:
+            raise SchemaVersionError(f"schema_version holds {len(rows)} rows, expected 1")
+        return int(rows[0][0])
+    if not tables:
+        return 0
+    if {"runs", "cases", "scores"} <= tables:
+        return 1
+    raise SchemaVersionError(
+        f"not a faceanon results database (it holds tables {sorted(tables)})")
+
+
 class ResultsDB:
     """The results database.
 
@@ -79,42 +388,252 @@ class ResultsDB:
     path : str or Path, default ``"results.duckdb"``
         Database file; ``":memory:"`` for a throw-away database.
     read_only : bool, default False
-        Open read-only. The tables and views are then not (re)created, so the file must
-        exist and have been written by this library.
+        Only read. The file must exist and hold a faceanon database. One written by an
+        older faceanon is still upgraded in place first (when the file is writable).
+    lock_timeout : float, optional
+        Seconds to wait for a file another process has locked, retrying with backoff;
+        default 30 for readers, 300 for writers.
 
     Attributes
     ----------
-    con : duckdb.DuckDBPyConnection
-        The open connection, for ad-hoc SQL against the tables and views.
+    path : str
+    read_only : bool
+
+    Raises
+    ------
+    FileNotFoundError
+        ``read_only`` and no file at ``path``.
+    SchemaVersionError
+        The file is not a faceanon database, or one this faceanon cannot upgrade or read.
+    DatabaseLockedError
+        Another process held the file for longer than ``lock_timeout``.
+    StoreError
+        The file cannot be opened (not a DuckDB database, no permission).
 
     Notes
     -----
-    Opening for writing creates the tables (``schema.sql``) and (re)creates the views
-    (``metrics.sql``); both are idempotent. Use as a context manager to close the
-    connection.
+    The file is opened per call and closed after it (see the module docstring), except
+    through :attr:`con`, which keeps a connection, and its lock, until :meth:`close`.
+    Use as a context manager to close it.
     """
 
-    def __init__(self, path: str | Path = DEFAULT_DB, *, read_only: bool = False):
+    def __init__(self, path: str | Path = DEFAULT_DB, *, read_only: bool = False,
+                 lock_timeout: float | None = None):
         self.path = str(path)
         self.read_only = read_only
-        if read_only and self.path != ":memory:" and not Path(self.path).exists():
+        if lock_timeout is None:
+            lock_timeout = READ_LOCK_TIMEOUT if read_only else WRITE_LOCK_TIMEOUT
+        self.lock_timeout = float(lock_timeout)
+        self.heartbeat_interval = HEARTBEAT_INTERVAL
+        self._memory = self.path == ":memory:"
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._default_threshold = DEFAULT_THRESHOLD
+        self._beating: set[int] = set()
+        self._beat_stop = threading.Event()
+        self._beat_thread: threading.Thread | None = None
+        if self._memory:
+            if read_only:
+                raise ValueError("an in-memory database cannot be opened read-only")
+            self._con = duckdb.connect(":memory:")
+            self._con.execute(_sql("schema.sql"))
+            self._con.execute(_sql("metrics.sql"))
+            return
+        if read_only and not Path(self.path).exists():
             raise FileNotFoundError(f"no results database at {self.path}")
-        self.con = duckdb.connect(self.path, read_only=read_only)
-        if not read_only:
-            self.con.execute(_sql("schema.sql"))
-            self.con.execute(_sql("metrics.sql"))
+        self._prepare()
 
     # -- lifecycle -------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
-        self.con.close()
+        """Stop the heartbeat and close :attr:`con` if it was opened (idempotent)."""
+        self._beat_stop.set()
+        if self._beat_thread is not None:
+            self._beat_thread.join(timeout=5)
+            self._beat_thread = None
+        if self._con is not None:
+            self._con.close()
+            self._con = None
 
     def __enter__(self) -> ResultsDB:
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """A connection kept open until :meth:`close`, for ad-hoc SQL and the metric views.
+
+        It holds the file's lock while open (shared for readers, exclusive for writers),
+        so other processes wait for it: close the database as soon as you are done.
+        """
+        if self._con is None:
+            if self._memory:
+                raise StoreError("the in-memory database was closed")
+            self._con = self._open_file(read_only=self.read_only)
+            self._con.execute(_sql("metrics.sql"))
+        return self._con
+
+    def _open_file(self, *, read_only: bool,
+                   timeout: float | None = None) -> duckdb.DuckDBPyConnection:
+        """Connect to the file, retrying with backoff while another process holds it."""
+        timeout = self.lock_timeout if timeout is None else timeout
+        start = time.monotonic()
+        delay = 0.01
+        while True:
+            try:
+                return duckdb.connect(self.path, read_only=read_only)
+            except duckdb.IOException as error:
+                if "Could not set lock" not in str(error):
+                    raise StoreError(f"{self.path}: cannot open the results database "
+                                     f"({error})") from None
+                waited = time.monotonic() - start
+                if waited >= timeout:
+                    raise DatabaseLockedError(self._locked_message(error, waited)) from None
+            except duckdb.ConnectionException as error:
+                # this process has the file open read-write elsewhere (another ResultsDB's
+                # call or heartbeat): wait for it like for another process
+                waited = time.monotonic() - start
+                if waited >= timeout:
+                    raise StoreError(
+                        f"{self.path}: this process kept the database open another way for "
+                        f"{waited:.1f} s ({error}); use that ResultsDB, or close it "
+                        "first") from None
+            # jitter, so that two waiting writers do not retry in lock step
+            time.sleep(min(delay * (0.5 + random.random()), max(0.0, timeout - waited)))
+            delay = min(delay * 2, 1.0)
+
+    def _locked_message(self, error: Exception, waited: float) -> str:
+        pid = _lock_holder(error)
+        if pid is None:
+            holder = "another process"
+        else:
+            command = _process_command(pid)
+            holder = f"process {pid}" + (f" ({command})" if command else "")
+        return (f"{self.path} is locked by {holder}, which held it for all of the "
+                f"{waited:.1f} s waited; faceanon only holds it while writing, so this is a "
+                "process that keeps it open (an older faceanon, a DuckDB shell, a notebook):"
+                " close or stop it, or use another database file")
+
+    @contextmanager
+    def _connect(self, *, write: bool = False, views: bool = False,
+                 timeout: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One batch of work: a connection opened for it and closed after it."""
+        if write and self.read_only:
+            raise StoreError(f"{self.path} was opened read-only")
+        if self._con is not None:
+            if threading.current_thread() is threading.main_thread():
+                yield self._con
+            else:  # a connection object must not be shared between threads
+                cursor = self._con.cursor()
+                try:
+                    if views:
+                        cursor.execute(_sql("metrics.sql"))
+                    yield cursor
+                finally:
+                    cursor.close()
+            return
+        # a writer reads through read-write connections too: DuckDB refuses a read-only
+        # connection in a process that has a read-write one open (the heartbeat's)
+        con = self._open_file(read_only=self.read_only, timeout=timeout)
+        try:
+            if views:
+                con.execute(_sql("metrics.sql"))
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def _transaction(self, **options) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._connect(write=True, **options) as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def _prepare(self) -> None:
+        """Create, check, upgrade; mark abandoned runs crashed (writers)."""
+        if self.read_only:
+            with self._connect() as con:
+                version = _schema_version(con)
+            if version == SCHEMA_VERSION:
+                return
+            if version == 0:
+                raise SchemaVersionError(f"{self.path}: holds no faceanon results (no tables)")
+            self._check_known(version)
+            if not os.access(self.path, os.W_OK):
+                raise SchemaVersionError(
+                    f"{self.path} was written by an older faceanon (schema version {version}, "
+                    f"this one reads {SCHEMA_VERSION}) and is not writable, so it cannot be "
+                    "upgraded in place: copy it somewhere writable and open the copy")
+        # a reader may upgrade an older file too: the upgrade is one transaction
+        con = self._open_file(read_only=False)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                version = _schema_version(con)
+                self._check_known(version)
+                if version == 0:
+                    con.execute(_sql("schema.sql"))
+                    version = SCHEMA_VERSION
+                while version < SCHEMA_VERSION:
+                    _MIGRATIONS[version](con)
+                    version += 1
+                if not self.read_only:
+                    self._mark_crashed(con)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        finally:
+            con.close()
+
+    def _check_known(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self.path} was written by a newer faceanon (schema version {version}; this "
+                f"one knows up to {SCHEMA_VERSION}): upgrade faceanon "
+                "(pip install -U faceanon), or use another database file")
+
+    def _mark_crashed(self, con: duckdb.DuckDBPyConnection) -> None:
+        cursor = con.execute("SELECT id, status, started, host, pid, heartbeat FROM runs "
+                             "WHERE status = 'running'")
+        names = [d[0] for d in cursor.description]
+        now = _now()
+        gone = [row["id"] for row in (dict(zip(names, r, strict=True))
+                                      for r in cursor.fetchall())
+                if run_is_abandoned(row, now=now)]
+        if gone:
+            con.execute("UPDATE runs SET status = 'crashed' WHERE list_contains(?, id)",
+                        [gone])
+
+    # -- heartbeat -------------------------------------------------------------------
+
+    def _start_heartbeat(self, run_id: int) -> None:
+        self._beating.add(run_id)
+        if self._memory or (self._beat_thread is not None and self._beat_thread.is_alive()):
+            return
+        self._beat_stop.clear()
+        self._beat_thread = threading.Thread(target=self._beat_loop, daemon=True,
+                                             name=f"faceanon-heartbeat {self.path}")
+        self._beat_thread.start()
+
+    def _beat_loop(self) -> None:
+        while not self._beat_stop.wait(self.heartbeat_interval):
+            runs = sorted(self._beating)
+            if not runs:
+                continue
+            try:
+                with self._connect(write=True, timeout=self.heartbeat_interval) as con:
+                    con.execute("UPDATE runs SET heartbeat = ? WHERE list_contains(?, id)",
+                                [_now(), runs])
+            except (StoreError, duckdb.Error):
+                # A missed beat only ages the heartbeat; the next one tries again, and a
+                # run on this host is judged by its process, not its heartbeat.
+                continue
 
     # -- runs and cases --------------------------------------------------------------
 
@@ -129,8 +648,13 @@ class ResultsDB:
         git_dirty: bool | None,
         packages: dict[str, str],
         machine: dict,
+        threshold: float | None = None,
+        methods: Mapping[str, Mapping] | None = None,
     ) -> int:
         """Record a new run with status ``'running'`` and ``started`` = now (UTC).
+
+        The run also records this host and process id, and a heartbeat that this object
+        refreshes until :meth:`finish_run` or :meth:`close`.
 
         Parameters
         ----------
@@ -147,23 +671,71 @@ class ResultsDB:
             Package versions.
         machine : dict
             Hardware description.
+        threshold : float, optional
+            The run's decision threshold (a match is distance <= it); the metric views read
+            this run's cases at it. Default 0.6 (:data:`DEFAULT_THRESHOLD`).
+        methods : mapping of str to mapping, optional
+            What each method measured is: ``Method.describe()`` by name, with the weights'
+            ``weights_sha256`` for generative methods. More can be added with
+            :meth:`record_methods`.
 
         Returns
         -------
         int
             The run id.
         """
-        row = self.con.execute(
-            """INSERT INTO runs (name, started, status, git_commit, git_dirty, packages,
-                                 machine, dataset_name, dataset_fingerprint, config)
-               VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
-            [name, _now(), git_commit, git_dirty, _json(packages), _json(machine),
-             dataset_name, dataset_fingerprint, _json(config)],
-        ).fetchall()
-        return int(row[0][0])
+        threshold = _check_threshold(self._default_threshold if threshold is None
+                                     else threshold)
+        methods_json = _json(self._checked_methods(methods)) if methods else None
+        now = _now()
+        with self._connect(write=True) as con:
+            row = con.execute(
+                """INSERT INTO runs (name, started, status, git_commit, git_dirty, packages,
+                                     machine, dataset_name, dataset_fingerprint, config,
+                                     threshold, methods, host, pid, heartbeat)
+                   VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+                [name, now, git_commit, git_dirty, _json(packages), _json(machine),
+                 dataset_name, dataset_fingerprint, _json(config), threshold, methods_json,
+                 socket.gethostname(), os.getpid(), now],
+            ).fetchall()
+        run_id = int(row[0][0])
+        self._start_heartbeat(run_id)
+        return run_id
+
+    @staticmethod
+    def _checked_methods(methods: Mapping[str, Mapping]) -> dict:
+        checked = {}
+        for name, description in methods.items():
+            if not isinstance(name, str) or not isinstance(description, Mapping):
+                raise ValueError("methods maps each method name to its description (a dict),"
+                                 f" got {name!r}: {description!r}")
+            sha = description.get("weights_sha256")
+            if "weights" in description and not (
+                    isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+                raise ValueError(f"method {name!r} names weights but no weights_sha256: a "
+                                 "run must say exactly which weights produced its images")
+            checked[name] = dict(description)
+        return checked
+
+    def record_methods(self, run_id: int, methods: Mapping[str, Mapping]) -> None:
+        """Add method descriptions to a run (see ``methods`` of :meth:`start_run`).
+
+        Parameters
+        ----------
+        run_id : int
+        methods : mapping of str to mapping
+            Replaces the description of a method already recorded under that name.
+        """
+        checked = self._checked_methods(methods)
+        with self._transaction() as con:
+            rows = con.execute("SELECT methods FROM runs WHERE id = ?", [run_id]).fetchall()
+            if not rows:
+                raise KeyError(f"no run {run_id}")
+            merged = {**(json.loads(rows[0][0]) if rows[0][0] else {}), **checked}
+            con.execute("UPDATE runs SET methods = ? WHERE id = ?", [_json(merged), run_id])
 
     def finish_run(self, run_id: int, status: str) -> None:
-        """Set a run's final ``status`` and ``finished`` = now (UTC).
+        """Set a run's final ``status`` and ``finished`` = now (UTC); stop its heartbeat.
 
         Parameters
         ----------
@@ -172,12 +744,46 @@ class ResultsDB:
         """
         if status not in FINAL_STATUSES:
             raise ValueError(f"status must be one of {FINAL_STATUSES}, got {status!r}")
-        row = self.con.execute(
-            "UPDATE runs SET status = ?, finished = ? WHERE id = ? RETURNING id",
-            [status, _now(), run_id],
-        ).fetchall()
+        now = _now()
+        with self._connect(write=True) as con:
+            row = con.execute(
+                "UPDATE runs SET status = ?, finished = ?, heartbeat = ? WHERE id = ? "
+                "RETURNING id", [status, now, now, run_id],
+            ).fetchall()
+        self._beating.discard(run_id)
         if not row:
             raise KeyError(f"no run {run_id}")
+
+    def set_run_threshold(self, run_id: int, threshold: float) -> None:
+        """Change the decision threshold a run's cases are read at.
+
+        Parameters
+        ----------
+        run_id : int
+        threshold : float
+            Finite.
+        """
+        threshold = _check_threshold(threshold)
+        with self._connect(write=True) as con:
+            row = con.execute("UPDATE runs SET threshold = ? WHERE id = ? RETURNING id",
+                              [threshold, run_id]).fetchall()
+        if not row:
+            raise KeyError(f"no run {run_id}")
+
+    @staticmethod
+    def _case_row(run_id: int, method: str, k: int | None, mode: str, detector: str,
+                  backend: str, options: dict | None) -> list:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        return [run_id, method, None if k is None else int(k), mode, detector, backend,
+                _json(options)]
+
+    @staticmethod
+    def _insert_case(con: duckdb.DuckDBPyConnection, row: list) -> int:
+        found = con.execute(
+            """INSERT INTO cases (run_id, method, k, mode, detector, backend, options)
+               VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id""", row).fetchall()
+        return int(found[0][0])
 
     def add_case(
         self,
@@ -191,6 +797,9 @@ class ResultsDB:
         options: dict | None = None,
     ) -> int:
         """Record one case (method, strength, attack mode, detector, backend) of a run.
+
+        Prefer :meth:`write_case`, which records the case with its results in one
+        transaction.
 
         Parameters
         ----------
@@ -208,17 +817,97 @@ class ResultsDB:
         int
             The case id.
         """
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        row = self.con.execute(
-            """INSERT INTO cases (run_id, method, k, mode, detector, backend, options)
-               VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id""",
-            [run_id, method, None if k is None else int(k), mode, detector, backend,
-             _json(options)],
-        ).fetchall()
-        return int(row[0][0])
+        row = self._case_row(run_id, method, k, mode, detector, backend, options)
+        with self._connect(write=True) as con:
+            return self._insert_case(con, row)
+
+    def write_case(
+        self,
+        run_id: int,
+        *,
+        method: str,
+        k: int | None,
+        mode: str,
+        detector: str,
+        backend: str,
+        options: dict | None = None,
+        scores: Mapping[str, Any],
+        images: Mapping[str, Sequence] | None = None,
+        timings: Sequence[Mapping] | None = None,
+    ) -> int:
+        """Record one case with its scores, images and timings in ONE transaction.
+
+        A process killed at any moment leaves the case either complete or absent, never a
+        case with part of its scores. Everything is checked before the database is opened.
+
+        Parameters
+        ----------
+        run_id : int
+        method, k, mode, detector, backend, options
+            As in :meth:`add_case`.
+        scores : mapping
+            The keyword arguments of :meth:`add_scores`: ``probe``, ``gallery``, ``mated``,
+            ``distance`` and optionally ``probe_acquired``, ``gallery_enrolled``.
+        images : mapping, optional
+            Image rows of the run, as in :meth:`add_images`.
+        timings : sequence of mapping, optional
+            As in :meth:`add_timings`.
+
+        Returns
+        -------
+        int
+            The case id.
+        """
+        case_row = self._case_row(run_id, method, k, mode, detector, backend, options)
+        unknown = set(scores) - set(SCORE_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown score columns: {sorted(unknown)}")
+        score_table = self._scores_table(**scores)
+        image_table = self._images_table(run_id, images) if images else None
+        timing_table = self._timings_table(timings) if timings else None
+        with self._transaction() as con:
+            case_id = self._insert_case(con, case_row)
+            self._insert(con, "INSERT INTO scores BY NAME SELECT ? AS case_id, * FROM _rows",
+                         score_table, [case_id])
+            if image_table is not None:
+                self._insert(con, "INSERT INTO images BY NAME SELECT * FROM _rows",
+                             image_table)
+            if timing_table is not None:
+                self._insert(con, "INSERT INTO timings BY NAME SELECT ? AS case_id, * "
+                                  "FROM _rows", timing_table, [case_id])
+            con.execute("UPDATE runs SET heartbeat = ? WHERE id = ?", [_now(), run_id])
+        return case_id
 
     # -- bulk data -------------------------------------------------------------------
+
+    @staticmethod
+    def _scores_table(
+        *,
+        probe: Sequence[str],
+        gallery: Sequence[str],
+        mated: np.ndarray,
+        distance: np.ndarray,
+        probe_acquired: np.ndarray | None = None,
+        gallery_enrolled: np.ndarray | None = None,
+    ) -> pa.Table:
+        dist = np.asarray(distance, dtype=np.float64)
+        if dist.ndim != 1:
+            raise ValueError(f"distance must be 1-d, got shape {dist.shape}")
+        n = dist.shape[0]
+        if np.isneginf(dist).any():
+            raise ValueError("distance must not be -inf")
+        missing = ~np.isfinite(dist)
+        columns = {
+            "probe": _string_array(probe, n, "probe"),
+            "gallery": _string_array(gallery, n, "gallery"),
+            "mated": _bool_array(mated, n, "mated"),
+            "distance": pa.array(dist, mask=missing if missing.any() else None),
+        }
+        if probe_acquired is not None:
+            columns["probe_acquired"] = _bool_array(probe_acquired, n, "probe_acquired")
+        if gallery_enrolled is not None:
+            columns["gallery_enrolled"] = _bool_array(gallery_enrolled, n, "gallery_enrolled")
+        return pa.table(columns)
 
     def add_scores(
         self,
@@ -248,26 +937,33 @@ class ResultsDB:
             tell failures to acquire from failures to enrol; when omitted the views infer
             them from the distances.
         """
-        dist = np.asarray(distance, dtype=np.float64)
-        if dist.ndim != 1:
-            raise ValueError(f"distance must be 1-d, got shape {dist.shape}")
-        n = dist.shape[0]
-        if np.isneginf(dist).any():
-            raise ValueError("distance must not be -inf")
-        missing = ~np.isfinite(dist)
-        columns = {
-            "case_id": pa.array(np.full(n, case_id, dtype=np.int64)),
-            "probe": _string_array(probe, n, "probe"),
-            "gallery": _string_array(gallery, n, "gallery"),
-            "mated": _bool_array(mated, n, "mated"),
-            "distance": pa.array(dist, mask=missing if missing.any() else None),
-        }
-        if probe_acquired is not None:
-            columns["probe_acquired"] = _bool_array(probe_acquired, n, "probe_acquired")
-        if gallery_enrolled is not None:
-            columns["gallery_enrolled"] = _bool_array(gallery_enrolled, n, "gallery_enrolled")
-        table = pa.table(columns)
-        self._insert("INSERT INTO scores BY NAME SELECT * FROM _rows", table)
+        table = self._scores_table(probe=probe, gallery=gallery, mated=mated,
+                                   distance=distance, probe_acquired=probe_acquired,
+                                   gallery_enrolled=gallery_enrolled)
+        with self._connect(write=True) as con:
+            self._insert(con, "INSERT INTO scores BY NAME SELECT ? AS case_id, * FROM _rows",
+                         table, [case_id])
+
+    @staticmethod
+    def _images_table(run_id: int, rows: Mapping[str, Sequence]) -> pa.Table:
+        unknown = set(rows) - set(IMAGE_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown image columns: {sorted(unknown)}")
+        for required in ("key", "role"):
+            if required not in rows:
+                raise ValueError(f"image rows need a {required!r} column")
+        n = len(rows["key"])
+        lengths = {name: len(values) for name, values in rows.items()}
+        if set(lengths.values()) != {n}:
+            raise ValueError(f"image columns differ in length: {lengths}")
+        types = {"key": pa.string(), "role": pa.string(), "method": pa.string(),
+                 "k": pa.int64(), "sha256": pa.string(), "acquired": pa.bool_(),
+                 "faces_found": pa.int32(), "backend": pa.string()}
+        columns = {"run_id": pa.array(np.full(n, run_id, dtype=np.int64))}
+        for name, values in rows.items():
+            values = list(values) if not isinstance(values, np.ndarray) else values.tolist()
+            columns[name] = pa.array(values, type=types[name])
+        return pa.table(columns)
 
     def add_images(self, run_id: int, rows: Mapping[str, Sequence]) -> None:
         """Insert per-image records of a run in bulk.
@@ -280,25 +976,26 @@ class ResultsDB:
             ``sha256``, ``acquired``, ``faces_found``, ``backend``; all of equal length.
             ``key`` and ``role`` are required; missing optional columns are NULL.
         """
-        unknown = set(rows) - set(IMAGE_COLUMNS)
-        if unknown:
-            raise ValueError(f"unknown image columns: {sorted(unknown)}")
-        for required in ("key", "role"):
-            if required not in rows:
-                raise ValueError(f"image rows need a {required!r} column")
-        types = {"key": pa.string(), "role": pa.string(), "method": pa.string(),
-                 "k": pa.int64(), "sha256": pa.string(), "acquired": pa.bool_(),
-                 "faces_found": pa.int32(), "backend": pa.string()}
-        lengths = {name: len(values) for name, values in rows.items()}
-        if len(set(lengths.values())) > 1:
-            raise ValueError(f"image columns differ in length: {lengths}")
-        n = lengths["key"]
-        columns = {"run_id": pa.array(np.full(n, run_id, dtype=np.int64))}
-        for name, values in rows.items():
-            data = values.tolist() if isinstance(values, np.ndarray) else list(values)
-            columns[name] = pa.array(data, type=types[name])
-        table = pa.table(columns)
-        self._insert("INSERT INTO images BY NAME SELECT * FROM _rows", table)
+        table = self._images_table(run_id, rows)
+        with self._connect(write=True) as con:
+            self._insert(con, "INSERT INTO images BY NAME SELECT * FROM _rows", table)
+
+    @staticmethod
+    def _timings_table(rows: Sequence[Mapping]) -> pa.Table:
+        for row in rows:
+            unknown = set(row) - set(TIMING_COLUMNS)
+            if unknown:
+                raise ValueError(f"unknown timing keys: {sorted(unknown)}")
+            if "name" not in row:
+                raise ValueError("each timing row needs a 'name'")
+        return pa.table({
+            "name": pa.array([r["name"] for r in rows], type=pa.string()),
+            **{key: pa.array([r.get(key) for r in rows], type=pa.float64())
+               for key in ("min", "max", "median", "mean", "stddev")},
+            "rounds": pa.array([r.get("rounds") for r in rows], type=pa.int64()),
+            "unit": pa.array([r.get("unit", "seconds per image") for r in rows],
+                             type=pa.string()),
+        })
 
     def add_timings(self, case_id: int, rows: list[dict]) -> None:
         """Insert benchmark timings of a case.
@@ -312,27 +1009,15 @@ class ResultsDB:
         """
         if not rows:
             return
-        for row in rows:
-            unknown = set(row) - set(TIMING_COLUMNS)
-            if unknown:
-                raise ValueError(f"unknown timing keys: {sorted(unknown)}")
-            if "name" not in row:
-                raise ValueError("each timing row needs a 'name'")
-        table = pa.table({
-            "case_id": pa.array([case_id] * len(rows), type=pa.int64()),
-            "name": pa.array([r["name"] for r in rows], type=pa.string()),
-            **{key: pa.array([r.get(key) for r in rows], type=pa.float64())
-               for key in ("min", "max", "median", "mean", "stddev")},
-            "rounds": pa.array([r.get("rounds") for r in rows], type=pa.int64()),
-            "unit": pa.array([r.get("unit", "seconds per image") for r in rows],
-                             type=pa.string()),
-        })
-        self._insert("INSERT INTO timings BY NAME SELECT * FROM _rows", table)
+        table = self._timings_table(rows)
+        with self._connect(write=True) as con:
+            self._insert(con, "INSERT INTO timings BY NAME SELECT ? AS case_id, * FROM _rows",
+                         table, [case_id])
 
     # -- embedding cache -------------------------------------------------------------
 
     def cached_embeddings(
-        self, backend: str, sha256s: Sequence[str]
+        self, backend: str, sha256s: Sequence[str], *, model: str | None = None
     ) -> dict[str, tuple[np.ndarray | None, int]]:
         """Look up cached embeddings.
 
@@ -341,6 +1026,10 @@ class ResultsDB:
         backend : str
         sha256s : sequence of str
             Image hashes to look up.
+        model : str, optional
+            What computed the embeddings (:func:`model_fingerprint`); only embeddings of
+            exactly this model are returned. Default for ``dlib-resnet`` backends:
+            :func:`dlib_model_fingerprint`; other backends must pass it.
 
         Returns
         -------
@@ -349,16 +1038,18 @@ class ResultsDB:
             embedding is a float64 vector, or None when no face was found. Hashes not
             in the cache are absent.
         """
+        model = _default_model(backend) if model is None else model
         # `_wanted` is read by DuckDB's replacement scan. execute() (unlike sql() or
         # register()) still works when the caller left an unfinished result open.
         _wanted = pa.table({"sha256": pa.array(list(dict.fromkeys(sha256s)),  # noqa: F841
                                                type=pa.string())})
-        result = self.con.execute(
-            """SELECT e.sha256, e.embedding, e.faces_found
-               FROM embeddings e SEMI JOIN _wanted w ON e.sha256 = w.sha256
-               WHERE e.backend = ?""",
-            [backend],
-        ).fetchnumpy()
+        with self._connect() as con:
+            result = con.execute(
+                """SELECT e.sha256, e.embedding, e.faces_found
+                   FROM embeddings e SEMI JOIN _wanted w ON e.sha256 = w.sha256
+                   WHERE e.backend = ? AND e.model = ?""",
+                [backend, model],
+            ).fetchnumpy()
         vectors = result["embedding"]
         missing = np.ma.getmaskarray(vectors)
         out: dict[str, tuple[np.ndarray | None, int]] = {}
@@ -368,19 +1059,23 @@ class ResultsDB:
                              else np.asarray(vector, dtype=np.float64), int(faces))
         return out
 
-    def cached_embedding_keys(self, backend: str) -> set[str]:
-        """The hashes of every image cached for ``backend``.
+    def cached_embedding_keys(self, backend: str, *, model: str | None = None) -> set[str]:
+        """The hashes of every image cached for ``backend`` and ``model``.
 
         Parameters
         ----------
         backend : str
+        model : str, optional
+            As in :meth:`cached_embeddings`.
 
         Returns
         -------
         set of str
         """
-        rows = self.con.execute("SELECT sha256 FROM embeddings WHERE backend = ?",
-                                [backend]).fetchnumpy()["sha256"]
+        model = _default_model(backend) if model is None else model
+        with self._connect() as con:
+            rows = con.execute("SELECT sha256 FROM embeddings WHERE backend = ? AND model = ?",
+                               [backend, model]).fetchnumpy()["sha256"]
         return {str(sha) for sha in rows}
 
     def store_embeddings(
@@ -389,6 +1084,8 @@ class ResultsDB:
         sha256s: Sequence[str],
         embeddings: Sequence[np.ndarray | None],
         faces_found: Sequence[int],
+        *,
+        model: str | None = None,
     ) -> None:
         """Cache embeddings in bulk; hashes already cached for ``backend`` are kept.
 
@@ -399,12 +1096,15 @@ class ResultsDB:
         embeddings : sequence of ndarray or None
             One vector per hash (any length, stored as DOUBLE[]), None for "no face".
         faces_found : sequence of int
+        model : str, optional
+            As in :meth:`cached_embeddings`.
         """
         n = len(sha256s)
         if len(embeddings) != n or len(faces_found) != n:
             raise ValueError("sha256s, embeddings and faces_found differ in length")
         if n == 0:
             return
+        model = _default_model(backend) if model is None else model
         lengths = np.array([0 if e is None else np.asarray(e).size for e in embeddings])
         offsets = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
@@ -414,35 +1114,40 @@ class ResultsDB:
         vectors = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat), mask=mask)
         table = pa.table({
             "backend": pa.array([backend] * n, type=pa.string()),
+            "model": pa.array([model] * n, type=pa.string()),
             "sha256": pa.array(list(sha256s), type=pa.string()),
             "embedding": vectors,
             "faces_found": pa.array(np.asarray(faces_found, dtype=np.int32)),
         })
-        self._insert(
-            "INSERT OR IGNORE INTO embeddings BY NAME SELECT *, ? AS created FROM _rows",
-            table, [_now()],
-        )
+        with self._connect(write=True) as con:
+            self._insert(
+                con,
+                "INSERT OR IGNORE INTO embeddings BY NAME SELECT *, ? AS created FROM _rows",
+                table, [_now()],
+            )
 
-    # -- settings and metrics --------------------------------------------------------
+    # -- thresholds and metrics ------------------------------------------------------
 
     def set_threshold(self, threshold: float) -> None:
-        """Set the decision threshold the metric views use (a match is distance <= it).
+        """Deprecated: the decision threshold of runs this object starts later.
 
-        Parameters
-        ----------
-        threshold : float
-            Finite; the default of a new database is 0.6.
+        The threshold is stored per run: pass ``threshold=`` to :meth:`start_run`, or
+        change a run's with :meth:`set_run_threshold`. This no longer changes earlier runs.
         """
-        threshold = float(threshold)
-        if not math.isfinite(threshold):
-            raise ValueError("threshold must be finite")
-        self.con.execute("UPDATE settings SET threshold = ? WHERE id = 1", [threshold])
+        warnings.warn("ResultsDB.set_threshold is deprecated: the decision threshold is "
+                      "stored per run; pass threshold= to start_run", DeprecationWarning,
+                      stacklevel=2)
+        self._default_threshold = _check_threshold(threshold)
 
     @property
     def threshold(self) -> float:
-        """The decision threshold of the metric views."""
-        return float(self.con.execute("SELECT threshold FROM settings WHERE id = 1")
-                     .fetchall()[0][0])
+        """Deprecated: the threshold :meth:`start_run` uses when given none.
+
+        Read a run's own threshold from :meth:`run` (``run(run_id)["threshold"]``).
+        """
+        warnings.warn("ResultsDB.threshold is deprecated: read the run's own threshold, "
+                      "run(run_id)['threshold']", DeprecationWarning, stacklevel=2)
+        return self._default_threshold
 
     def set_confusion_thresholds(self, thresholds: Sequence[float]) -> None:
         """Replace the extra thresholds of the ``confusion`` view (default 0.6, 0.575).
@@ -454,21 +1159,17 @@ class ResultsDB:
         values = sorted({float(t) for t in thresholds})
         if not all(math.isfinite(t) for t in values):
             raise ValueError("thresholds must be finite")
-        self.con.execute("BEGIN TRANSACTION")
-        try:
-            self.con.execute("DELETE FROM confusion_thresholds")
+        with self._transaction() as con:
+            con.execute("DELETE FROM confusion_thresholds")
             if values:
-                self.con.executemany("INSERT INTO confusion_thresholds VALUES (?)",
-                                     [[t] for t in values])
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
+                con.executemany("INSERT INTO confusion_thresholds VALUES (?)",
+                                [[t] for t in values])
 
     def confusion_thresholds(self) -> list[float]:
         """The extra thresholds of the ``confusion`` view, ascending."""
-        rows = self.con.execute(
-            "SELECT threshold FROM confusion_thresholds ORDER BY threshold").fetchall()
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT threshold FROM confusion_thresholds ORDER BY threshold").fetchall()
         return [r[0] for r in rows]
 
     def case_metrics(self, *, run_id: int | None = None) -> list[dict]:
@@ -491,7 +1192,7 @@ class ResultsDB:
             f"""SELECT c.run_id, c.method, c.k, c.mode, c.detector, c.backend, m.*
                 FROM case_metrics m JOIN cases c ON c.id = m.case_id
                 {where} ORDER BY m.case_id""",
-            params,
+            params, views=True,
         )
 
     def runs(self) -> list[dict]:
@@ -500,8 +1201,9 @@ class ResultsDB:
         Returns
         -------
         list of dict
-            Columns of ``runs`` (``packages``, ``machine`` and ``config`` decoded from
-            JSON) plus ``n_cases`` and ``n_scores``.
+            Columns of ``runs`` (``packages``, ``machine``, ``config`` and ``methods``
+            decoded from JSON) plus ``n_cases`` and ``n_scores``. A ``running`` run whose
+            process is gone is shown ``crashed`` (see :func:`run_is_abandoned`).
         """
         rows = self._dicts(
             """SELECT r.*,
@@ -510,10 +1212,13 @@ class ResultsDB:
                        WHERE c.run_id = r.id) AS n_scores
                FROM runs r ORDER BY r.id DESC"""
         )
+        now = _now()
         for row in rows:
-            for key in ("packages", "machine", "config"):
+            for key in ("packages", "machine", "config", "methods"):
                 if isinstance(row.get(key), str):
                     row[key] = json.loads(row[key])
+            if row["id"] not in self._beating and run_is_abandoned(row, now=now):
+                row["status"] = "crashed"
         return rows
 
     def run(self, run_id: int) -> dict:
@@ -529,12 +1234,21 @@ class ResultsDB:
         Parameters
         ----------
         run_id : int
+
+        Raises
+        ------
+        KeyError
+            No such run.
+        StoreError
+            The run is still running in a live process (stop it first).
         """
-        if not self.con.execute("SELECT 1 FROM runs WHERE id = ?", [run_id]).fetchall():
-            raise KeyError(f"no run {run_id}")
+        run = self.run(run_id)
+        if run["status"] == "running":
+            raise StoreError(
+                f"run {run_id} is still running (process {run['pid']} on {run['host']}); "
+                "stop it first, or wait until it finishes")
         cases = "(SELECT id FROM cases WHERE run_id = $run)"
-        self.con.execute("BEGIN TRANSACTION")
-        try:
+        with self._transaction() as con:
             for statement in (
                 f"DELETE FROM scores WHERE case_id IN {cases}",
                 f"DELETE FROM timings WHERE case_id IN {cases}",
@@ -542,21 +1256,21 @@ class ResultsDB:
                 "DELETE FROM cases WHERE run_id = $run",
                 "DELETE FROM runs WHERE id = $run",
             ):
-                self.con.execute(statement, {"run": run_id})
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
+                con.execute(statement, {"run": run_id})
 
-    def _insert(self, statement: str, table: pa.Table, params: list | None = None) -> None:
+    @staticmethod
+    def _insert(con: duckdb.DuckDBPyConnection, statement: str, table: pa.Table,
+                params: list | None = None) -> None:
         # `_rows` is read by DuckDB's replacement scan (see cached_embeddings)
         _rows = table  # noqa: F841
-        self.con.execute(statement, params or []).fetchall()
+        con.execute(statement, params or []).fetchall()
 
-    def _dicts(self, query: str, params: dict | None = None) -> list[dict]:
-        cursor = self.con.execute(query, params or {})
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    def _dicts(self, query: str, params: dict | None = None, *,
+               views: bool = False) -> list[dict]:
+        with self._connect(views=views) as con:
+            cursor = con.execute(query, params or {})
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 # -- command line ------------------------------------------------------------------------
@@ -570,7 +1284,7 @@ _db_option = click.option(
 def _open(db_path: str, *, read_only: bool) -> ResultsDB:
     try:
         return ResultsDB(db_path, read_only=read_only)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, StoreError) as error:
         raise click.ClickException(str(error)) from error
 
 
@@ -665,5 +1379,8 @@ def delete_run(run_id: int, db_path: str, yes: bool):
             click.confirm(
                 f"delete run {run_id} ({run['status']}, {run['n_cases']} cases, "
                 f"{run['n_scores']} scores)?", abort=True)
-        db.delete_run(run_id)
+        try:
+            db.delete_run(run_id)
+        except StoreError as error:
+            raise click.ClickException(str(error)) from error
     click.echo(f"deleted run {run_id}")

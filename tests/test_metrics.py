@@ -28,13 +28,11 @@ def _eer(thresholds, fa, fr):
     """First crossing of FMR >= FNMR, linear interpolation with the point before.
 
     thresholds[0] is -inf (the start point). Returns (eer, threshold, crossed); when the
-    curves never cross: midpoint where |FMR - FNMR| is smallest.
+    curves never cross there is no EER: (None, None, False).
     """
     crossing = np.flatnonzero(fa >= fr)
     if crossing.size == 0:
-        i = int(np.argmin(np.abs(fa - fr)))
-        t = thresholds[i]
-        return (fa[i] + fr[i]) / 2, (None if math.isinf(t) else t), False
+        return None, None, False
     i = int(crossing[0])
     assert i > 0, "the start point (FMR 0, FNMR 1) never crosses"
     d0, d1 = fr[i - 1] - fa[i - 1], fr[i] - fa[i]
@@ -55,7 +53,9 @@ def reference(probe, gallery, mated, distance, *, threshold=0.6, probe_acquired=
     ok = ~np.isnan(distance)
     n_mated, n_nonmated = int(mated.sum()), int((~mated).sum())
     dm, dn = distance[mated & ok], distance[~mated & ok]
-    out = {"n_mated": n_mated, "n_nonmated": n_nonmated, "n_acquired": int(ok.sum())}
+    out = {"n_mated": n_mated, "n_nonmated": n_nonmated, "n_acquired": int(ok.sum()),
+           "n_mated_acquired": int((mated & ok).sum()),
+           "n_nonmated_acquired": int((~mated & ok).sum())}
 
     def share_failed(names, flags):
         failed = []
@@ -88,9 +88,16 @@ def reference(probe, gallery, mated, distance, *, threshold=0.6, probe_acquired=
     # each rate at the decision threshold only needs its own class
     out["fmr"] = float((dn <= threshold).mean()) if dn.size else None
     out["fnmr"] = float((dm > threshold).mean()) if dm.size else None
-    fta = out["fta"]
-    out["gfar"] = None if out["fmr"] is None else out["fmr"] * (1 - fta)
-    out["gfrr"] = None if out["fnmr"] is None else fta + out["fnmr"] * (1 - fta)
+    # ISO/IEC 19795-1 generalized rates; with FTA = 1 or FTE = 1 their limits 0 and 1
+    fta, fte = out["fta"], out["fte"]
+    if fta is None:
+        out["gfar"] = out["gfrr"] = None
+    elif fta == 1 or fte == 1:
+        out["gfar"], out["gfrr"] = 0.0, 1.0
+    else:
+        out["gfar"] = None if out["fmr"] is None else out["fmr"] * (1 - fta) * (1 - fte)
+        out["gfrr"] = (None if out["fnmr"] is None
+                       else fte + (1 - fte) * fta + (1 - fte) * (1 - fta) * out["fnmr"])
     if n_mated and n_nonmated:
         fa_all, fr_all = matched_n / n_nonmated, (n_mated - matched_m) / n_mated
         out["geer"], out["geer_threshold"], out["geer_crossed"] = _eer(ts, fa_all, fr_all)
@@ -136,17 +143,17 @@ def db():
         yield results
 
 
-def _run(db: ResultsDB) -> int:
+def _run(db: ResultsDB, threshold: float = 0.6) -> int:
     return db.start_run(name="t", dataset_name="synthetic", dataset_fingerprint="-",
-                        config={}, git_commit=None, git_dirty=None, packages={}, machine={})
+                        config={}, git_commit=None, git_dirty=None, packages={}, machine={},
+                        threshold=threshold)
 
 
 def measure(db, probe, gallery, mated, distance, *, threshold=0.6, probe_acquired=None,
             gallery_enrolled=None):
     """Store a score set as a new case; return its case_metrics row and det_curve rows."""
-    db.set_threshold(threshold)
-    case = db.add_case(_run(db), method="test", k=None, mode="naive", detector="-",
-                       backend="-")
+    case = db.add_case(_run(db, threshold), method="test", k=None, mode="naive",
+                       detector="-", backend="-")
     if len(distance):
         db.add_scores(case, probe=list(probe), gallery=list(gallery),
                       mated=np.asarray(mated, dtype=bool),
@@ -304,8 +311,9 @@ def test_all_distances_null(db):
     assert row["n_acquired"] == 0
     assert row["eer"] is None and row["fmr"] is None
     assert row["fta"] == 1.0 and row["fte"] == 1.0
-    assert row["geer"] == 0.5 and row["geer_crossed"] is False
+    assert row["geer"] is None and row["geer_crossed"] is False     # never reached
     assert row["geer_threshold"] is None
+    assert row["gfar"] == 0.0 and row["gfrr"] == 1.0
     assert row["rank1"] == 0.0 and row["tar_at_fmr_1pct_all"] == 0.0
     assert det == []
 
@@ -362,9 +370,9 @@ def test_strong_anonymization_curves_never_cross(db):
     _, row, _ = check(db, probe, gallery, mated, distance)
     assert row["geer_crossed"] is False
     assert row["fta"] == pytest.approx(0.92)
-    assert row["geer"] > 0.45
-    assert row["geer_threshold"] == pytest.approx(np.nanmax(distance))
+    assert row["geer"] is None and row["geer_threshold"] is None   # not 0.5: not reached
     assert row["n_acquired"] == 400
+    assert row["n_mated_acquired"] == 8 and row["n_nonmated_acquired"] == 392
 
 
 def test_cases_do_not_interact(db):
@@ -384,8 +392,6 @@ def test_threshold_setting(db):
     for threshold in (0.3, 0.6, 0.9):
         _, row, _ = check(db, probe, gallery, mated, distance, threshold=threshold)
         assert row["threshold"] == threshold
-    db.set_threshold(0.6)
-    assert db.threshold == 0.6
 
 
 def test_confusion_matrix(db):
@@ -429,3 +435,148 @@ def test_confusion_thresholds_configurable(db):
         assert [g[0] for g in got] == [0.5, 0.6, 0.7]
     finally:
         db.set_confusion_thresholds([0.6, 0.575])
+
+
+# -- values worked out by hand ---------------------------------------------------------------
+#
+# Each case below is small enough to work out on paper from the definitions of ISO/IEC
+# 19795-1 (FMR, FNMR over acquired comparisons; FTA, FTE over images;
+# GFAR = FMR (1 - FTA)(1 - FTE), GFRR = FTE + (1 - FTE) FTA + (1 - FTE)(1 - FTA) FNMR) and
+# of the EER as documented in metrics.sql. The expected numbers are written out, not
+# computed: the numpy reference above shares the SQL's reading of the formulas and could
+# share its mistakes.
+
+
+def _hand_case(db, comparisons, *, threshold=0.6, probe_ok=None, gallery_ok=None):
+    """comparisons: (probe, gallery, distance or None); mated = same identity letter."""
+    probe = [p for p, _, _ in comparisons]
+    gallery = [g for _, g, _ in comparisons]
+    mated = np.array([p[1] == g[1] for p, g, _ in comparisons])
+    distance = np.array([np.nan if d is None else d for _, _, d in comparisons])
+    acquired = None if probe_ok is None else np.array([probe_ok[p] for p in probe])
+    enrolled = None if gallery_ok is None else np.array([gallery_ok[g] for g in gallery])
+    _, row, _ = measure(db, probe, gallery, mated, distance, threshold=threshold,
+                        probe_acquired=acquired, gallery_enrolled=enrolled)
+    return row
+
+
+def _expect(row, **values):
+    for key, want in values.items():
+        if want is None or isinstance(want, bool):
+            assert row[key] is want, f"{key}: got {row[key]!r}, want {want!r}"
+        else:
+            assert row[key] == pytest.approx(want, abs=1e-12), \
+                f"{key}: got {row[key]!r}, want {want!r}"
+
+
+def test_by_hand_fta_1(db):
+    """No probe has a face: FTA = 1, FTE = 0. Nothing is compared, so FMR and FNMR are
+    undefined; GFAR = FMR * 0 * 1 = 0 and GFRR = 0 + 1 * 1 + 0 = 1."""
+    row = _hand_case(db, [("pa", "ga", None), ("pa", "gb", None),
+                          ("pb", "ga", None), ("pb", "gb", None)],
+                     probe_ok={"pa": False, "pb": False}, gallery_ok={"ga": True, "gb": True})
+    _expect(row, fta=1.0, fte=0.0, fmr=None, fnmr=None, gfar=0.0, gfrr=1.0,
+            geer=None, geer_threshold=None, geer_crossed=False, rank1=0.0,
+            n_mated_acquired=0, n_nonmated_acquired=0)
+
+
+def test_by_hand_fte_1(db):
+    """No gallery image enrolled: FTE = 1, FTA = 0: GFAR = 0, GFRR = 1 + 0 + 0 = 1."""
+    row = _hand_case(db, [("pa", "ga", None), ("pa", "gb", None),
+                          ("pb", "ga", None), ("pb", "gb", None)],
+                     probe_ok={"pa": True, "pb": True}, gallery_ok={"ga": False, "gb": False})
+    _expect(row, fta=0.0, fte=1.0, fmr=None, fnmr=None, gfar=0.0, gfrr=1.0,
+            geer=None, geer_crossed=False)
+
+
+def test_by_hand_fta_and_fte_half(db):
+    """Four people a-d; probes pc, pd have no face (FTA = 2/4), gallery gc, gd did not
+    enrol (FTE = 2/4). The acquired comparisons are pa, pb x ga, gb:
+    mated pa-ga 0.3 (match at 0.6), pb-gb 0.7 (no match): FNMR = 1/2;
+    non-mated pa-gb 0.5 (match), pb-ga 0.9 (no match): FMR = 1/2.
+    GFAR = 1/2 * 1/2 * 1/2 = 1/8; GFRR = 1/2 + 1/2 * 1/2 + 1/2 * 1/2 * 1/2 = 7/8.
+    All comparisons: 4 mated, 12 non-mated; FNMR_all >= 2/4 > 2/12 >= FMR_all at every
+    threshold, so the generalized curves never cross: no GEER.
+    rank-1: pa (0.3 < 0.5) and pb (0.7 < 0.9) hit, pc and pd miss: 2/4."""
+    distances = {("pa", "ga"): 0.3, ("pb", "gb"): 0.7, ("pa", "gb"): 0.5, ("pb", "ga"): 0.9}
+    comparisons = [(p, g, distances.get((p, g))) for p in ("pa", "pb", "pc", "pd")
+                   for g in ("ga", "gb", "gc", "gd")]
+    row = _hand_case(db, comparisons,
+                     probe_ok={"pa": True, "pb": True, "pc": False, "pd": False},
+                     gallery_ok={"ga": True, "gb": True, "gc": False, "gd": False})
+    _expect(row, fta=0.5, fte=0.5, fmr=0.5, fnmr=0.5, gfar=1 / 8, gfrr=7 / 8,
+            n_mated=4, n_nonmated=12, n_mated_acquired=2, n_nonmated_acquired=2,
+            fmr_all=1 / 12, fnmr_all=3 / 4, geer=None, geer_threshold=None,
+            geer_crossed=False, rank1=0.5)
+
+
+# Two probes, three gallery images: mated pa-ga 0.1, pb-gb 0.5; non-mated pa-gb 0.3,
+# pa-gc 0.7, pb-ga 0.9, pb-gc 0.95.
+_TWO_BY_THREE = {("pa", "ga"): 0.1, ("pb", "gb"): 0.5, ("pa", "gb"): 0.3,
+                 ("pa", "gc"): 0.7, ("pb", "ga"): 0.9, ("pb", "gc"): 0.95}
+
+
+def test_by_hand_interpolated_eer(db):
+    """Thresholds (FMR, FNMR): 0.1 (0, 1/2), 0.3 (1/4, 1/2), 0.5 (1/4, 0): FMR >= FNMR
+    first at 0.5. FNMR - FMR goes 1/4 -> -1/4, so a = 1/2: EER = 1/4 + 1/2 * 0 = 1/4
+    (= 1/2 + 1/2 * (0 - 1/2)), at 0.3 + 1/2 * (0.5 - 0.3) = 0.4.
+    At 0.6: FMR = 1/4 (only 0.3), FNMR = 0; FTA = FTE = 0: GFAR = 1/4, GFRR = 0."""
+    row = _hand_case(db, [(p, g, d) for (p, g), d in _TWO_BY_THREE.items()])
+    _expect(row, eer=0.25, eer_threshold=0.4, fmr=0.25, fnmr=0.0, fta=0.0, fte=0.0,
+            gfar=0.25, gfrr=0.0, geer=0.25, geer_threshold=0.4, geer_crossed=True,
+            rank1=1.0, fnmr_at_fmr_1pct=0.5, tar_at_fmr_1pct_all=0.5)
+
+
+def test_by_hand_failure_to_acquire_a_third(db):
+    """The case above plus a probe pc without a face (mated with gc): FTA = 1/3, FTE = 0.
+    FMR = 1/4 and FNMR = 0 as before (acquired comparisons only).
+    GFAR = 1/4 * 2/3 = 1/6; GFRR = 0 + 1 * 1/3 + 1 * 2/3 * 0 = 1/3.
+    All comparisons: 3 mated, 6 non-mated. (FMR_all, FNMR_all) at 0.1 (0, 2/3),
+    0.3 (1/6, 2/3), 0.5 (1/6, 1/3), 0.7 (2/6, 1/3): they meet exactly at 0.7, GEER = 1/3
+    (= GFAR = 2/4 * 2/3 = GFRR = 1/3 + 0 there). TAR at FMR_all <= 1 %: threshold 0.1,
+    1 of 3 mated comparisons."""
+    comparisons = [(p, g, d) for (p, g), d in _TWO_BY_THREE.items()]
+    comparisons += [("pc", g, None) for g in ("ga", "gb", "gc")]
+    row = _hand_case(db, comparisons, probe_ok={"pa": True, "pb": True, "pc": False})
+    _expect(row, fta=1 / 3, fte=0.0, fmr=0.25, fnmr=0.0, gfar=1 / 6, gfrr=1 / 3,
+            geer=1 / 3, geer_threshold=0.7, geer_crossed=True, tar_at_fmr_1pct_all=1 / 3,
+            rank1=2 / 3, n_mated=3, n_nonmated=6, n_mated_acquired=2)
+
+
+def test_by_hand_failure_to_enrol_a_third(db):
+    """The 2 x 3 case with gc not enrolled: FTE = 1/3, FTA = 0. Acquired non-mated:
+    pa-gb 0.3 (match at 0.6), pb-ga 0.9: FMR = 1/2; FNMR = 0.
+    GFAR = 1/2 * 1 * 2/3 = 1/3; GFRR = 1/3 + 2/3 * 0 + 2/3 * 1 * 0 = 1/3."""
+    comparisons = [(p, g, None if g == "gc" else d) for (p, g), d in _TWO_BY_THREE.items()]
+    row = _hand_case(db, comparisons, gallery_ok={"ga": True, "gb": True, "gc": False})
+    _expect(row, fta=0.0, fte=1 / 3, fmr=0.5, fnmr=0.0, gfar=1 / 3, gfrr=1 / 3)
+
+
+def test_runs_at_different_thresholds_share_a_database(db):
+    """Each run is read at its own threshold, and a later run changes no earlier one.
+
+    The 2 x 3 case at 0.6: FMR = 1/4 (0.3), FNMR = 0; at 0.35: FMR = 1/4, FNMR = 1/2
+    (0.5 > 0.35); at 0.05: FMR = 0, FNMR = 1."""
+    comparisons = [(p, g, d) for (p, g), d in _TWO_BY_THREE.items()]
+    first = _hand_case(db, comparisons, threshold=0.6)
+    second = _hand_case(db, comparisons, threshold=0.35)
+    third = _hand_case(db, comparisons, threshold=0.05)
+    rows = {r["case_id"]: r for r in db.case_metrics()}
+    _expect(rows[first["case_id"]], threshold=0.6, fmr=0.25, fnmr=0.0)
+    _expect(rows[second["case_id"]], threshold=0.35, fmr=0.25, fnmr=0.5)
+    _expect(rows[third["case_id"]], threshold=0.05, fmr=0.0, fnmr=1.0)
+    # the confusion view: each case at its own run's threshold and the extra thresholds
+    got = db.con.execute("SELECT case_id, threshold, mated_as_mated FROM confusion "
+                         "WHERE scope = 'acquired' AND list_contains(?, case_id) "
+                         "ORDER BY case_id, threshold",
+                         [[first["case_id"], second["case_id"]]]).fetchall()
+    assert got == [(first["case_id"], 0.575, 2), (first["case_id"], 0.6, 2),
+                   (second["case_id"], 0.35, 1), (second["case_id"], 0.575, 2),
+                   (second["case_id"], 0.6, 2)]
+    # changing one run's threshold re-reads that run only
+    (run_of_second,) = db.con.execute("SELECT run_id FROM cases WHERE id = ?",
+                                      [second["case_id"]]).fetchone()
+    db.set_run_threshold(run_of_second, 0.6)
+    rows = {r["case_id"]: r for r in db.case_metrics()}
+    _expect(rows[second["case_id"]], threshold=0.6, fnmr=0.0)
+    _expect(rows[third["case_id"]], threshold=0.05, fnmr=1.0)
