@@ -3,14 +3,14 @@
 A dataset is a folder with one sub-folder per person (LFW and ORL are laid out this way).
 :func:`load_dataset` lists it, :func:`resolve_dataset` finds one by path or by name, and
 :func:`protocol_split` chooses which images are enrolled (gallery) and which are searched
-(probes), deterministically for a seed.
+(probes), deterministically for a seed: by sha256 hashes (:func:`split_rank`), so the
+split of a dataset is the same on every machine and every Python version.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,10 +157,16 @@ class Split:
         }
 
 
-def _seeded(seed: int, *parts: str) -> random.Random:
-    # String seeds are hashed with sha512 by `random`, so the draw is the same on every
-    # machine and Python version, unlike hash(), which is salted per process.
-    return random.Random("\x1f".join((str(seed), *parts)))
+def split_rank(seed: int, *parts: str) -> str:
+    """The sort key of the protocol split: ``sha256(seed \x1f part \x1f ...)``, hex.
+
+    Ordering by a cryptographic hash gives a seeded, uniformly random order that is fixed
+    by this definition alone: the same on every machine, Python and numpy version (unlike
+    ``random.shuffle`` and ``random.sample``, whose algorithms Python may change, or
+    ``hash()``, which is salted per process). Parts are joined by the unit separator
+    ``\x1f``, which no identity or file name holds.
+    """
+    return hashlib.sha256("\x1f".join((str(seed), *parts)).encode()).hexdigest()
 
 
 def protocol_split(
@@ -193,6 +199,19 @@ def protocol_split(
     Split
         Gallery and probe samples, each sorted by identity then path. Gallery and probe
         images of an identity are always different images.
+
+    Notes
+    -----
+    The split is defined by hashes (:func:`split_rank`), not by a random generator:
+
+    - identities: the ``identities`` eligible ones with the smallest
+      ``sha256(f"{seed}\x1f{identity}")``;
+    - images of an identity: ordered by ``sha256(f"{seed}\x1f{identity}\x1f{key}")``
+      (``key`` is the path relative to the dataset root); the first ``n_gallery`` are
+      enrolled, the next ``max_probes`` are probes.
+
+    Choosing more identities keeps the ones a smaller number chose, and adding images
+    to a person changes no other person's split.
     """
     if n_gallery < 1 or max_probes < 1:
         raise ValueError("n_gallery and max_probes must be at least 1")
@@ -206,12 +225,11 @@ def protocol_split(
                 f"{dataset.name}: asked for {identities} identities but only {len(eligible)} "
                 f"have at least {n_gallery + 1} images"
             )
-        eligible = sorted(_seeded(seed, "identities").sample(eligible, identities))
+        eligible = sorted(sorted(eligible, key=lambda name: split_rank(seed, name))[:identities])
     gallery: list[Sample] = []
     probes: list[Sample] = []
     for name in eligible:
-        images = sorted(by_identity[name], key=lambda s: s.relpath)
-        _seeded(seed, "split", name).shuffle(images)
+        images = sorted(by_identity[name], key=lambda s: split_rank(seed, name, s.key))
         gallery.extend(sorted(images[:n_gallery], key=lambda s: s.relpath))
         probes.extend(sorted(images[n_gallery : n_gallery + max_probes], key=lambda s: s.relpath))
     return Split(gallery=tuple(gallery), probes=tuple(probes), identities=tuple(eligible))
