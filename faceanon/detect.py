@@ -385,6 +385,20 @@ def _as_face_detector(detector: str | Detector) -> Detector:
 # Regions to anonymize
 
 
+def both_eyes(eyes: Sequence[Detection], face: Sequence[int]) -> bool:
+    """Whether two eye hits can be the two eyes of ``face``: one on each side of its centre.
+
+    The eye cascade also fires on eyebrows, nostrils and glasses frames; two hits on the
+    same side (an eye and its eyebrow, say) are not both eyes, and trusting them would
+    leave the other eye bare.
+    """
+    if len(eyes) != 2:
+        return False
+    centre = face[0] + face[2] / 2
+    left, right = sorted(eyes, key=lambda e: e.x + e.w / 2)
+    return left.x + left.w / 2 < centre < right.x + right.w / 2
+
+
 def eye_band(
     image: np.ndarray,
     face: Sequence[int],
@@ -395,19 +409,22 @@ def eye_band(
 ) -> tuple[Box, bool] | None:
     """The horizontal band over the eyes of one face, kept inside the face box.
 
+    It fails closed: the band fits the detected eyes only when a detector found both of
+    them, and otherwise covers the whole width of the face wherever the eyes may be.
+
     The eye detectors are tried in order (by default plain eyes, then eyes behind
-    glasses) until one finds both eyes; otherwise the one that found most wins (the
-    earlier on a tie). The band spans the found eyes, grown by
-    ``padding`` times the eye size on every side, and is stretched to the face's full width
-    when only one eye was found, so the other eye is not left bare. When no detector finds
-    an eye, the band is placed from the face geometry (15-50 % of the face height, full
-    width).
+    glasses) until one finds two eyes that pass :func:`both_eyes` (one left, one right of
+    the face's centre). The band then spans them, grown by ``padding`` times the eye size
+    on every side. Otherwise the band is placed from the face geometry (15-50 % of the
+    face height, full width) and stretched, still full width, over every eye hit of the
+    detector that found most (padded likewise), so that a single eye, or an eye and its
+    eyebrow, never narrows it.
 
     Returns
     -------
     (box, found) or None
-        ``found`` tells whether eyes were detected (``False``: placed from geometry).
-        ``None`` when the face box lies outside the image.
+        ``found`` tells whether any eye was detected (``False``: placed from the face
+        geometry alone). ``None`` when the face box lies outside the image.
     """
     face_box = clip_box(face, image.shape)
     if face_box is None:
@@ -417,30 +434,35 @@ def eye_band(
     if eye_detectors is None:
         eye_detectors = (get_detector("haar-eyes"), get_detector("haar-glasses"))
     fx, fy, fw, fh = face_box
-    eyes: list[Detection] = []
+    pair: list[Detection] = []
+    hits: list[Detection] = []
     for detector in eye_detectors:
         found = detector.detect_in_face(grey, face_box)
-        if len(found) > len(eyes):
-            eyes = found
-        if len(eyes) == 2:
+        if both_eyes(found, face_box):
+            pair = found
             break
-    if eyes:
-        left = min(e.x for e in eyes)
-        top = min(e.y for e in eyes)
-        right = max(e.x + e.w for e in eyes)
-        bottom = max(e.y + e.h for e in eyes)
+        if len(found) > len(hits):
+            hits = found
+
+    def padded(eyes: Sequence[Detection]) -> tuple[int, int, int, int]:
         pad = round(padding * max(max(e.w, e.h) for e in eyes))
-        left, top, right, bottom = left - pad, top - pad, right + pad, bottom + pad
-        if len(eyes) == 1:
-            left, right = fx, fx + fw
-        # The bar must never leave the face box: methods may only touch pixels in boxes.
-        left, top = max(left, fx), max(top, fy)
-        right, bottom = min(right, fx + fw), min(bottom, fy + fh)
-        return (left, top, right - left, bottom - top), True
-    low, high = EYE_FALLBACK_BAND
-    top = fy + int(fh * low)
-    bottom = max(top + 1, fy + int(round(fh * high)))
-    return (fx, top, fw, min(bottom, fy + fh) - top), False
+        return (min(e.x for e in eyes) - pad, min(e.y for e in eyes) - pad,
+                max(e.x + e.w for e in eyes) + pad, max(e.y + e.h for e in eyes) + pad)
+
+    if pair:
+        left, top, right, bottom = padded(pair)
+    else:
+        low, high = EYE_FALLBACK_BAND
+        left, right = fx, fx + fw
+        top = fy + int(fh * low)
+        bottom = max(top + 1, fy + int(round(fh * high)))
+        if hits:
+            _, hit_top, _, hit_bottom = padded(hits)
+            top, bottom = min(top, hit_top), max(bottom, hit_bottom)
+    # The bar must never leave the face box: methods may only touch pixels in boxes.
+    left, top = max(left, fx), max(top, fy)
+    right, bottom = min(right, fx + fw), min(bottom, fy + fh)
+    return (left, top, right - left, bottom - top), bool(pair or hits)
 
 
 def find_regions(

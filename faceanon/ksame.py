@@ -58,6 +58,11 @@ def k_same_clusters(
     ``rng`` picks the seed face each round; without it the first remaining face is taken,
     as in the paper's pseudo-code.
 
+    The clusters group *faces* (rows), not people: identities are not known here, and two
+    photographs of one person, being close, tend to land in the same cluster. A cluster
+    of ``k`` faces therefore stands for ``k`` people only when every person contributes one
+    face to ``vectors``; otherwise it may stand for fewer.
+
     Raises
     ------
     MethodError

@@ -11,11 +11,13 @@ from faceanon.detect import (
     DETECTORS,
     Detection,
     DetectorError,
+    both_eyes,
     clip_box,
     eye_band,
     find_regions,
     get_detector,
     grow_box,
+    to_grey,
 )
 from faceanon.imageio import read_image
 
@@ -208,3 +210,128 @@ def test_cnn_agrees_with_hog_on_one_image(faces, hog_boxes):
     assert len(found) == 1
     assert isinstance(found[0].score, float)
     assert iou(found[0].box, hog_boxes[0][0]) > 0.4
+
+
+# ---------------------------------------------------------------------------------------
+# The eye band fails closed
+
+
+class FixedEyes:
+    """An eye detector stand-in that reports the given boxes in every face."""
+
+    def __init__(self, *boxes):
+        self.boxes = boxes
+
+    def detect_in_face(self, grey, face):
+        return [Detection(*box) for box in self.boxes]
+
+
+def covers(band, box) -> bool:
+    return inside(box, band)
+
+
+FACE = (50, 50, 100, 100)          # centre x = 100
+LEFT_EYE, RIGHT_EYE = (62, 78, 20, 14), (118, 78, 20, 14)
+LEFT_BROW = (62, 64, 20, 10)
+
+
+def test_both_eyes_needs_one_on_each_side():
+    assert both_eyes([Detection(*LEFT_EYE), Detection(*RIGHT_EYE)], FACE)
+    assert both_eyes([Detection(*RIGHT_EYE), Detection(*LEFT_EYE)], FACE)
+    assert not both_eyes([Detection(*LEFT_EYE), Detection(*LEFT_BROW)], FACE)
+    assert not both_eyes([Detection(*LEFT_EYE)], FACE)
+    assert not both_eyes([Detection(90, 78, 20, 14), Detection(*RIGHT_EYE)], FACE)  # on centre
+
+
+def test_eye_band_fits_two_eyes_on_either_side():
+    image = np.zeros((200, 200, 3), np.uint8)
+    band, found = eye_band(image, FACE, eye_detectors=[FixedEyes(LEFT_EYE, RIGHT_EYE)])
+    assert found
+    assert covers(band, LEFT_EYE) and covers(band, RIGHT_EYE)
+    assert band == (57, 73, 86, 24)             # the eyes, padded by 0.25 x 20 px
+
+
+@pytest.mark.parametrize("hits", [(LEFT_EYE, LEFT_BROW), (LEFT_EYE,), (LEFT_BROW,), ()],
+                         ids=["eye and its eyebrow", "one eye", "one eyebrow", "nothing"])
+def test_eye_band_without_both_eyes_covers_the_face_width(hits):
+    """An eye and its eyebrow are two hits but not two eyes: the other eye must not be
+    left bare. Every case without two eyes gets the full-width band."""
+    image = np.zeros((200, 200, 3), np.uint8)
+    band, found = eye_band(image, FACE, eye_detectors=[FixedEyes(*hits)])
+    assert found == bool(hits)
+    assert band[0] == FACE[0] and band[2] == FACE[2]
+    assert covers(band, LEFT_EYE) and covers(band, RIGHT_EYE)
+    for hit in hits:                            # and stretches over whatever was hit
+        assert covers(band, hit)
+    assert inside(band, FACE)
+
+
+def test_a_later_detector_with_both_eyes_wins():
+    image = np.zeros((200, 200, 3), np.uint8)
+    band, found = eye_band(image, FACE, eye_detectors=[FixedEyes(LEFT_EYE, LEFT_BROW),
+                                                       FixedEyes(LEFT_EYE, RIGHT_EYE)])
+    assert found and band == (57, 73, 86, 24)
+
+
+@pytest.fixture(scope="module")
+def lfw_eyes(lfw):
+    """Faces HOG finds in the first image of every fifth LFW person (about 300), each
+    with the positions of its eyes' 68-point landmarks (36-47)."""
+    from faceanon.landmarks import LandmarkError, landmarks68
+
+    detector = get_detector("hog")
+    found = []
+    for samples in list(lfw.images_of().values())[::5]:
+        image = read_image(lfw.path(samples[0]))
+        for face in detector.detect(image):
+            try:
+                points = landmarks68(image, face.box)
+            except LandmarkError:
+                continue
+            found.append((samples[0].key, image, face.box, points[36:48]))
+    return found
+
+
+def _band_covers_eyes(band, points) -> bool:
+    x, y, w, h = band
+    return bool(((points[:, 0] >= x) & (points[:, 0] <= x + w - 1)
+                 & (points[:, 1] >= y) & (points[:, 1] <= y + h - 1)).all())
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_eye_band_covers_both_eyes_of_real_faces(lfw_eyes):
+    assert len(lfw_eyes) >= 250
+    bare = [key for key, image, face, points in lfw_eyes
+            if not _band_covers_eyes(eye_band(image, face)[0], points)]
+    assert len(bare) <= 0.01 * len(lfw_eyes), bare
+
+
+class EyeAndItsEyebrow:
+    """The plain eye cascade, but reporting its hit left of the face's centre together
+    with a false hit on the eyebrow just above it: the failure the geometry check stops."""
+
+    def __init__(self):
+        self.cascade = get_detector("haar-eyes")
+
+    def detect_in_face(self, grey, face):
+        centre = face[0] + face[2] / 2
+        left = [e for e in self.cascade.detect_in_face(grey, face) if e.x + e.w / 2 < centre]
+        if not left:
+            return []
+        eye = left[0]
+        brow = Detection(eye.x, max(face[1], eye.y - eye.h // 2), eye.w, eye.h // 2)
+        return [eye, brow]
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_eye_and_eyebrow_never_leave_the_other_eye_bare(lfw_eyes):
+    detector = EyeAndItsEyebrow()
+    faked = bare = 0
+    for _, image, face, points in lfw_eyes:
+        band, found = eye_band(image, face, eye_detectors=[detector])
+        faked += len(detector.detect_in_face(to_grey(image), face)) == 2
+        bare += not _band_covers_eyes(band, points)
+    assert faked >= 0.5 * len(lfw_eyes)          # the fault was injected in most faces
+    assert bare <= 0.01 * len(lfw_eyes)
