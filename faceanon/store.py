@@ -96,6 +96,7 @@ __all__ = [
     "StoreError",
     "dlib_model_fingerprint",
     "model_fingerprint",
+    "run_is_abandoned",
     "runs_command",
 ]
 
@@ -362,7 +363,7 @@ def _migrate_1_to_2(con: duckdb.DuckDBPyConnection) -> None:
 _MIGRATIONS = {1: _migrate_1_to_2}
 
 
-def _schema_version(con: duckdb.DuckDBPyConnection) -> int:
+def _schema_version(con: duckdb.DuckDBPyConnection, path: str) -> int:
     """2.. from ``schema_version``; 1 for a faceanon database without it; 0 when empty."""
     tables = {r[0] for r in con.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
@@ -370,14 +371,15 @@ def _schema_version(con: duckdb.DuckDBPyConnection) -> int:
     if "schema_version" in tables:
         rows = con.execute("SELECT version FROM schema_version").fetchall()
         if len(rows) != 1:
-            raise SchemaVersionError(f"schema_version holds {len(rows)} rows, expected 1")
+            raise SchemaVersionError(
+                f"{path}: schema_version holds {len(rows)} rows, expected 1")
         return int(rows[0][0])
     if not tables:
         return 0
     if {"runs", "cases", "scores"} <= tables:
         return 1
     raise SchemaVersionError(
-        f"not a faceanon results database (it holds tables {sorted(tables)})")
+        f"{path}: not a faceanon results database (it holds tables {sorted(tables)})")
 
 
 class ResultsDB:
@@ -558,7 +560,7 @@ class ResultsDB:
         """Create, check, upgrade; mark abandoned runs crashed (writers)."""
         if self.read_only:
             with self._connect() as con:
-                version = _schema_version(con)
+                version = _schema_version(con, self.path)
             if version == SCHEMA_VERSION:
                 return
             if version == 0:
@@ -574,7 +576,7 @@ class ResultsDB:
         try:
             con.execute("BEGIN TRANSACTION")
             try:
-                version = _schema_version(con)
+                version = _schema_version(con, self.path)
                 self._check_known(version)
                 if version == 0:
                     con.execute(_sql("schema.sql"))

@@ -567,7 +567,7 @@ def test_newer_or_foreign_databases_are_refused(db_path, tmp_path):
     con = duckdb.connect(str(foreign))
     con.execute("CREATE TABLE sales (amount INTEGER)")
     con.close()
-    with pytest.raises(SchemaVersionError, match="not a faceanon results database"):
+    with pytest.raises(SchemaVersionError, match="other.duckdb: not a faceanon results"):
         ResultsDB(foreign)
     text = tmp_path / "notes.duckdb"
     text.write_text("not a database")
