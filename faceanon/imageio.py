@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from faceanon.errors import FaceanonError
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".bmp", ".webp"})
 
 
-class ImageReadError(ValueError):
+class ImageReadError(FaceanonError, ValueError):
     """An input file could not be read as an image; the message names the file."""
 
     def __init__(self, path: os.PathLike | str, problem: str):
