@@ -89,7 +89,6 @@ class Encoded:
     encoding: Encoding
     anonymize_seconds: float = 0.0
     encode_seconds: float = 0.0
-    region_found: bool = True
     boxes: tuple = ()
 
 
@@ -163,12 +162,11 @@ def _worker_method(name: str) -> Method:
     return methods[name]
 
 
-def _regions(image: np.ndarray, settings: Settings) -> tuple[list, bool]:
+def _regions(image: np.ndarray, settings: Settings) -> tuple:
     from faceanon.detect import anonymization_regions
 
-    regions = anonymization_regions(image, detector=settings.detector, region=settings.region,
-                                    margin=settings.margin, on_miss=settings.on_miss)
-    return list(regions.boxes), regions.found
+    return anonymization_regions(image, detector=settings.detector, region=settings.region,
+                                 margin=settings.margin, on_miss=settings.on_miss).boxes
 
 
 def _encode(key: str, image: np.ndarray, anonymize_seconds: float = 0.0, **extra) -> Encoded:
@@ -185,8 +183,7 @@ def _original_task(task: tuple[str, str]) -> Encoded:
     key, path = task
     settings = _WORKER["settings"]
     image = _WORKER["images"].read(path)
-    boxes, found = _regions(image, settings)
-    return _encode(key, image, region_found=found, boxes=tuple(boxes))
+    return _encode(key, image, boxes=_regions(image, settings))
 
 
 def _variant_task(task: tuple[str, str, tuple, Variant]) -> Encoded:
@@ -410,6 +407,7 @@ class Evaluation:
         Parameters
         ----------
         case : Case
+            The case to measure; its ``k`` is checked by its method first.
 
         Returns
         -------

@@ -569,6 +569,7 @@ class ResultsDB:
         Parameters
         ----------
         case_id : int
+            A case of any run.
 
         Returns
         -------
@@ -595,6 +596,7 @@ class ResultsDB:
         Parameters
         ----------
         run_id : int
+            The run whose cases' timings are read.
 
         Returns
         -------
@@ -613,6 +615,7 @@ class ResultsDB:
         Parameters
         ----------
         run_id : int
+            The run whose comparisons are counted.
 
         Returns
         -------
@@ -631,6 +634,7 @@ class ResultsDB:
         Parameters
         ----------
         run_id : int
+            The run whose curves are read.
 
         Returns
         -------
@@ -660,6 +664,7 @@ class ResultsDB:
         Parameters
         ----------
         run_id : int
+            The run whose matrices are read.
         threshold : float
             The decision threshold or one of :meth:`confusion_thresholds` (matched to
             within 1e-12).
@@ -683,6 +688,7 @@ class ResultsDB:
         Parameters
         ----------
         run_id : int
+            The run whose probes are listed.
 
         Returns
         -------

@@ -96,6 +96,7 @@ def leaderboard(db: ResultsDB, run_id: int, *,
     ----------
     db : ResultsDB
     run_id : int
+        The run to rank.
     min_mated : int
         An EER over fewer acquired mated comparisons is flagged ``eer_unreliable``.
 
