@@ -11,7 +11,6 @@ from faceanon.detect import (
     DETECTORS,
     Detection,
     DetectorError,
-    anonymization_regions,
     clip_box,
     eye_band,
     find_regions,
@@ -209,23 +208,3 @@ def test_cnn_agrees_with_hog_on_one_image(faces, hog_boxes):
     assert len(found) == 1
     assert isinstance(found[0].score, float)
     assert iou(found[0].box, hog_boxes[0][0]) > 0.4
-
-
-@pytest.mark.parametrize("on_miss, boxes, publishable", [
-    ("whole", ((0, 0, 40, 30),), True),
-    ("skip", (), False),
-    ("fail", (), False),
-])
-def test_an_image_without_a_face_follows_the_miss_policy(on_miss, boxes, publishable):
-    flat = np.full((30, 40, 3), 128, np.uint8)
-    regions = anonymization_regions(flat, on_miss=on_miss)
-    assert regions.boxes == boxes and regions.found is False
-    assert regions.publishable is publishable
-
-
-@pytest.mark.realdata
-def test_a_found_face_is_anonymized_whatever_the_miss_policy(faces, hog_boxes):
-    image, boxes = next((i, b) for i, b in zip(faces, hog_boxes, strict=True) if len(b) == 1)
-    for on_miss in ("whole", "skip", "fail"):
-        regions = anonymization_regions(image, on_miss=on_miss)
-        assert regions.found and regions.boxes == (tuple(boxes[0]),)
