@@ -256,7 +256,7 @@ class DlibResNet(_TwoStepBackend):
 
 
 def check_chips(chips: np.ndarray) -> np.ndarray:
-    """Return ``chips`` as an array if it is ``uint8`` ``(n, 150, 150, 3)``, else raise ``ValueError``."""
+    """``chips`` as an array if it is ``uint8`` ``(n, 150, 150, 3)``; else ``ValueError``."""
     chips = np.asarray(chips)
     if chips.dtype != np.uint8 or chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
         raise ValueError(
@@ -423,7 +423,7 @@ def torch_backend_status(*, device: str = "cpu") -> TorchBackendStatus:
 
 
 def preferred_backend(*, device: str = "cpu") -> str:
-    """``"dlib-resnet-torch"`` when it is available and equal on ``device``, else ``"dlib-resnet"``."""
+    """``"dlib-resnet-torch"`` if available and equal on ``device``, else ``"dlib-resnet"``."""
     return "dlib-resnet-torch" if torch_backend_status(device=device).equal else "dlib-resnet"
 
 

@@ -403,7 +403,10 @@ class TorchFaceEncoder:
         return CUDA_TOLERANCE if self.device.type == "cuda" else CPU_TOLERANCE
 
     def encode_chips(self, chips: np.ndarray) -> np.ndarray:
-        """Embeddings ``(n, 128)`` (float64, as dlib returns them) of ``uint8`` chips ``(n, 150, 150, 3)``."""
+        """Embeddings ``(n, 128)`` of ``uint8`` chips ``(n, 150, 150, 3)``.
+
+        float64, as dlib returns them (the network computes in float32).
+        """
         chips = check_chips(chips)
         out = np.empty((len(chips), EMBEDDING_SIZE), dtype=np.float64)
         with torch.inference_mode():
