@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         encoder = resnet_torch.TorchFaceEncoder(state, device=args.device, batch_size=64)
-    except (RuntimeError, ValueError) as error:
+    except (resnet_torch.DeviceUnavailable, ValueError) as error:
         raise SystemExit(f"encoder.py: {error}") from None
     device_name = torch.cuda.get_device_name(encoder.device) if cuda else cpu_name()
     print(f"# dlib face ResNet in torch {torch.__version__} on {args.device} ({device_name}); "

@@ -29,8 +29,10 @@ Equality with dlib is the contract: on 500 LFW faces the largest difference of a
 embedding component is at most :data:`CPU_TOLERANCE` (``benchmarks/encoder.py`` prints
 the measured figure, ``tests/test_recognition_torch.py`` checks real faces). On CUDA
 the convolutions use other algorithms and summation orders, so the stated tolerance is
-:data:`CUDA_TOLERANCE`; TF32 is switched off whenever a CUDA encoder is made, because
-TF32's 10-bit mantissa would move embeddings by about 1e-3.
+:data:`CUDA_TOLERANCE` (a bound chosen before any GPU measurement: ``benchmarks/encoder.py
+--device cuda`` prints the measured figure against it); TF32 is switched off whenever a
+CUDA encoder is made, because TF32 rounds every product's inputs to a 10-bit mantissa,
+far coarser than either tolerance.
 
 This module imports torch; ``import faceanon`` and the CLI never import it.
 """
@@ -61,8 +63,9 @@ CUDA_TOLERANCE = 1e-4
 EMBEDDING_SIZE = 128
 
 #: (output channels, stride) of the 14 residual blocks, from the input outwards: dlib's
-#: ``alevel4`` (3 x 32), ``alevel3`` (64, down first), ``alevel2``, ``alevel1`` (128, 256,
-#: down first) and ``alevel0`` (one 256 down block).
+#: ``alevel4`` (3 blocks of 32), ``alevel3`` (4 of 64), ``alevel2`` (3 of 128), ``alevel1``
+#: (3 of 256), each of these three starting with a down-sampling block, and ``alevel0``
+#: (one 256 down-sampling block).
 RESIDUAL_BLOCKS = (
     ((32, 1),) * 3
     + ((64, 2),) + ((64, 1),) * 3
@@ -77,6 +80,10 @@ _CACHE_SUBFOLDER = "dlib-resnet-torch"
 
 class WeightsError(ValueError):
     """A ``.dat`` or converted weights file does not hold this network (names the file)."""
+
+
+class DeviceUnavailable(RuntimeError):
+    """The asked-for device (CUDA) is not there."""
 
 
 class ChannelAffine(nn.Module):
@@ -387,7 +394,7 @@ class TorchFaceEncoder:
         self.device = torch.device(device)
         if self.device.type == "cuda":
             if not torch.cuda.is_available():
-                raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA device")
+                raise DeviceUnavailable(f"device {device!r} asked for, but torch sees no CUDA device")
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
         elif self.device.type != "cpu":
