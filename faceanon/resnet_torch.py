@@ -394,7 +394,7 @@ class TorchFaceEncoder:
         self.device = torch.device(device)
         if self.device.type == "cuda":
             if not torch.cuda.is_available():
-                raise DeviceUnavailable(f"device {device!r} asked for, but torch sees no CUDA device")
+                raise DeviceUnavailable(f"device {device!r} asked for; torch sees no CUDA device")
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
         elif self.device.type != "cpu":
