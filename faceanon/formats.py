@@ -72,10 +72,13 @@ FRAME_MODES = frozenset(
     {"1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F", "RGB;16", "RGBA;16"}
 )
 
-#: Peak resident memory of ``faceanon anonymize`` per input pixel (bytes), measured on an
-#: RGB JPEG with HOG detection and blur: ``python benchmarks/image_memory.py`` prints the
-#: current figure; rerun it and update this value when the pipeline changes.
-PEAK_BYTES_PER_PIXEL = 60
+#: Peak resident memory of ``faceanon anonymize`` per input pixel (bytes) for one RGB JPEG
+#: with HOG detection and blur. ``python benchmarks/image_memory.py`` measured a
+#: least-squares slope of 46.9 and 48.7-49.6 bytes per pixel at 9-36 MP (1.7 GB at 36 MP;
+#: the HOG detector's upsampled copy dominates; reading, blurring and writing alone cost
+#: 13.4); rerun it when the pipeline changes: it prints the ratio of this value to the
+#: measurement, which must stay at or above 1.
+PEAK_BYTES_PER_PIXEL = 50
 
 Box = tuple[int, int, int, int]
 
@@ -238,10 +241,11 @@ def available_memory_bytes() -> int | None:
 def default_max_pixels() -> int:
     """The largest image (pixels, all frames together) read without being asked for more.
 
-    Pillow's own threshold (``Image.MAX_IMAGE_PIXELS``, about 89 MP, above which it only
-    warns), lowered to what half of the available memory (:func:`available_memory_bytes`)
-    can hold at :data:`PEAK_BYTES_PER_PIXEL`, so that a large photo is refused with a
-    message rather than ending in an out-of-memory kill.
+    Pillow's own threshold (``Image.MAX_IMAGE_PIXELS``, 89.5 MP, above which Pillow only
+    warns up to twice that), which implies about 4.2 GiB at :data:`PEAK_BYTES_PER_PIXEL`,
+    lowered to what half of the available memory (:func:`available_memory_bytes`) holds at
+    that rate: a photo too large for this machine is refused with a message instead of
+    ending in an out-of-memory kill (4 GiB available: 42.9 MP, an 8000 x 5000 photo).
     """
     pillow_limit = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
     available = available_memory_bytes()
@@ -329,7 +333,9 @@ def read_document(
     except UnidentifiedImageError:
         raise ImageReadError(path, "not an image (unknown or corrupt format)") from None
     except Image.DecompressionBombError as error:
-        raise ImageTooLargeError(path, f"too large ({error})") from None
+        # Above twice Image.MAX_IMAGE_PIXELS Pillow refuses at open, before any limit here
+        # is consulted; a larger max_pixels needs Image.MAX_IMAGE_PIXELS raised as well.
+        raise ImageTooLargeError(path, f"too large: {error}") from None
     except MemoryError:
         raise ImageTooLargeError(path, "too large: out of memory while decoding") from None
     except Exception as error:  # noqa: BLE001
@@ -363,7 +369,12 @@ def _read(path: Path, data: bytes, limit: int, first_frame_only: bool) -> ImageD
         if kind == "WEBP" and count == 1:
             loop = None  # Pillow reports loop=1 for every still WebP
         encoding = _encoding_of(opened, data)
-        if _pillow_reduces_depth(opened):
+        wide = _pillow_reduces_depth(opened)
+        if wide:
+            if wide.startswith("LA"):
+                raise UnsupportedImageError(
+                    path, "16-bit grey+alpha PNG is not supported (it cannot be written back)"
+                )
             frames = _read_wide_colour(path, data, opened, count)
         else:
             frames = []
@@ -432,15 +443,19 @@ def _webp_is_lossless(data: bytes) -> bool:
     return False
 
 
-def _pillow_reduces_depth(opened: Image.Image) -> bool:
-    # Pillow decodes 16-bit-per-channel colour (PNG "RGB;16B", TIFF "RGB;16N"...) into
-    # 8-bit modes without a word; its raw mode still says what the file holds.
+def _pillow_reduces_depth(opened: Image.Image) -> str | None:
+    """The raw mode of 16-bit-per-channel colour that Pillow would reduce to 8 bits.
+
+    Pillow decodes 16-bit colour (PNG ``RGB;16B``, TIFF ``RGB;16N``...) and 16-bit
+    grey+alpha (``LA;16B``, as RGBA) into 8-bit modes without a word; only its raw mode
+    still says what the file holds. ``None`` when Pillow keeps the depth.
+    """
     for tile in opened.tile or []:
         args = tile.args if hasattr(tile, "args") else tile[3]
         rawmode = args[0] if isinstance(args, tuple) else args
         if isinstance(rawmode, str) and ";16" in rawmode and opened.mode not in _GREY16:
-            return True
-    return False
+            return rawmode
+    return None
 
 
 _GREY16 = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
@@ -535,8 +550,6 @@ def _read_wide_colour(path: Path, data: bytes, opened: Image.Image, count: int) 
     """Frames of a 16-bit-per-channel colour PNG or TIFF, read with OpenCV at full depth."""
     import cv2
 
-    if opened.mode == "LA":
-        raise UnsupportedImageError(path, "16-bit grey+alpha PNG is not supported")
     buffer = np.frombuffer(data, np.uint8)
     orientations = []
     for index in range(count):
@@ -597,7 +610,7 @@ def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
         4: lambda a: a[::-1, :],
         5: lambda a: np.swapaxes(a, 0, 1),
         6: lambda a: np.rot90(a, -1),
-        7: lambda a: np.rot90(a, 1)[::-1, ::-1],
+        7: lambda a: np.swapaxes(a[::-1, ::-1], 0, 1),
         8: lambda a: np.rot90(a, 1),
     }
     step = steps.get(orientation)
@@ -912,7 +925,8 @@ def _encode_wide_colour(document: ImageDocument) -> bytes:
                     extrasamples=["unassalpha"] if colour and pixels.shape[2] == 4 else None,
                     compression=compress,
                     iccprofile=document.icc_profile,
-                    metadata=None,
+                    metadata=None,  # no ImageDescription
+                    software=False,  # no Software tag
                 )
         return buffer.getvalue()
     raise ValueError(f"16-bit colour {document.format} cannot be written")

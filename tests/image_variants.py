@@ -104,6 +104,25 @@ def _animated(face: np.ndarray, path: Path, fmt: str, **options) -> None:
     )
 
 
+def _animated_transparent_gif(face: np.ndarray, path: Path) -> None:
+    # The transparent border moves from the left to the right edge and back, so a pixel
+    # opaque in one frame is transparent in the next: the encoder must dispose, not
+    # draw over the previous frame.
+    pictures = []
+    for index, frame in enumerate(_frames(face, 3)):
+        alpha = np.full(frame.shape[:2], 255, np.uint8)
+        border = frame.shape[1] // 10
+        if index == 1:
+            alpha[:, -border:] = 0
+        else:
+            alpha[:, :border] = 0
+        pictures.append(Image.fromarray(np.dstack([frame, alpha])))
+    pictures[0].save(
+        path, format="GIF", save_all=True, append_images=pictures[1:],
+        duration=[100, 100, 150], loop=3,
+    )
+
+
 def _multipage_tiff(face: np.ndarray, path: Path) -> None:
     rgb, shifted, mirrored = (Image.fromarray(f) for f in _frames(face, 3))
     rgb.save(
@@ -212,6 +231,8 @@ VARIANTS: tuple[Variant, ...] = (
             _pil(lambda f: _rgb(f).quantize(256, dither=Image.Dither.NONE)), view_tolerance=4),
     Variant("gif-animated", ".gif", "GIF", ("P", "P", "P"), 8,
             lambda f, p: _animated(f, p, "GIF"), view_tolerance=4),
+    Variant("gif-animated-transparent", ".gif", "GIF", ("P", "P", "P"), 8,
+            _animated_transparent_gif, view_tolerance=40),
     Variant("webp-lossy", ".webp", "WEBP", ("RGB",), 8, _pil(_rgb, quality=90),
             lossless=False, view_tolerance=4),
     Variant("webp-lossless-alpha", ".webp", "WEBP", ("RGBA",), 8,
