@@ -361,7 +361,8 @@ def _read(path: Path, data: bytes, limit: int, first_frame_only: bool) -> ImageD
         width, height = opened.size
         _check_pixels(path, width, height, width * height, limit)
         count = 1 if first_frame_only or kind == "MPO" else getattr(opened, "n_frames", 1)
-        _check_pixels(path, width, height, width * height * count, limit)
+        if kind in {"GIF", "WEBP"}:  # every frame has the canvas size: refuse up front
+            _check_pixels(path, width, height, width * height * count, limit)
         if kind == "GIF":
             _check_gif_complete(path, data)
         icc_profile = opened.info.get("icc_profile") or None
@@ -375,7 +376,7 @@ def _read(path: Path, data: bytes, limit: int, first_frame_only: bool) -> ImageD
                 raise UnsupportedImageError(
                     path, "16-bit grey+alpha PNG is not supported (it cannot be written back)"
                 )
-            frames = _read_wide_colour(path, data, opened, count)
+            frames = _read_wide_colour(path, data, opened, count, limit)
         else:
             frames = []
             total = 0
@@ -546,14 +547,19 @@ def _value_range(pixels: np.ndarray, mode: str) -> tuple[float, float]:
     return (0.0, 255.0)
 
 
-def _read_wide_colour(path: Path, data: bytes, opened: Image.Image, count: int) -> list[Frame]:
+def _read_wide_colour(
+    path: Path, data: bytes, opened: Image.Image, count: int, limit: int
+) -> list[Frame]:
     """Frames of a 16-bit-per-channel colour PNG or TIFF, read with OpenCV at full depth."""
     import cv2
 
     buffer = np.frombuffer(data, np.uint8)
     orientations = []
+    total = 0
     for index in range(count):
         opened.seek(index)
+        total += opened.size[0] * opened.size[1]
+        _check_pixels(path, *opened.size, total, limit)
         orientations.append(_orientation_of(opened))
     if opened.format == "TIFF":
         ok, pages = cv2.imdecodemulti(buffer, cv2.IMREAD_UNCHANGED)
@@ -895,15 +901,26 @@ def _encode_wide_colour(document: ImageDocument) -> bytes:
     if document.format == "PNG":
         frame = document.frames[0]
         pixels = _bgr_order(frame.pixels)
-        if document.icc_profile:
+        if not document.icc_profile:
+            ok, encoded = cv2.imencode(".png", pixels)
+            if not ok:
+                raise ValueError("OpenCV could not encode the 16-bit PNG")
+            return encoded.tobytes()
+        ok, encoded = False, None
+        if hasattr(cv2, "imencodeWithMetadata"):
             profile = [np.frombuffer(document.icc_profile, np.uint8)]
             ok, encoded = cv2.imencodeWithMetadata(
                 ".png", pixels, [cv2.IMAGE_METADATA_ICCP], profile
             )
-        else:
-            ok, encoded = cv2.imencode(".png", pixels)
+        # OpenCV writes PNG colour profiles only since its metadata API (4.12/4.13); an
+        # older one would drop the profile silently, so check that it is there.
+        if ok:
+            with Image.open(io.BytesIO(encoded.tobytes())) as written:
+                ok = written.info.get("icc_profile") == document.icc_profile
         if not ok:
-            raise ValueError("OpenCV could not encode the 16-bit PNG")
+            raise ValueError(
+                f"OpenCV {cv2.__version__} cannot write the colour profile of a 16-bit PNG"
+            )
         return encoded.tobytes()
     if document.format == "TIFF":
         import tifffile

@@ -9,14 +9,20 @@ The Hypothesis strategies :func:`variants` and :func:`mutations` draw from both:
     @given(variant=variants(), mutation=mutations())
     def test_...(variant, mutation, tmp_path_factory): ...
 
+For a command that is costly to start (detection models), :func:`fuzz_corpus` writes one
+folder holding every variant of several faces plus seeded damaged copies, and lists what
+each file is, so that one run of the command can be checked file by file.
+
 Every variant's frames hold the face (shifted or mirrored in later frames), so a detector
 finds a face in each frame of an intact file.
 """
 
 from __future__ import annotations
 
+import functools
 import io
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +31,12 @@ from hypothesis import strategies as st
 from PIL import Image, ImageCms
 
 
+@functools.cache
 def srgb_profile() -> bytes:
-    """An sRGB ICC profile built by LittleCMS, to check profiles survive."""
+    """An sRGB ICC profile built by LittleCMS, to check profiles survive.
+
+    Cached: LittleCMS stamps each new profile with the time it was made.
+    """
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
@@ -54,15 +64,27 @@ def _save(picture: Image.Image, path: Path, **options) -> None:
     picture.save(path, **options)
 
 
-def _opencv(pixels: np.ndarray, path: Path) -> None:
+def _opencv(pixels: np.ndarray, path: Path, *, icc: bytes | None = None) -> None:
     import cv2
 
     if pixels.ndim == 3:
         code = cv2.COLOR_RGB2BGR if pixels.shape[2] == 3 else cv2.COLOR_RGBA2BGRA
         pixels = cv2.cvtColor(pixels, code)
-    ok, encoded = cv2.imencode(path.suffix, pixels)
+    if icc:
+        profile = [np.frombuffer(icc, np.uint8)]
+        ok, encoded = cv2.imencodeWithMetadata(
+            path.suffix, pixels, [cv2.IMAGE_METADATA_ICCP], profile
+        )
+    else:
+        ok, encoded = cv2.imencode(path.suffix, pixels)
     assert ok, f"OpenCV could not write {path.suffix}"
     path.write_bytes(encoded.tobytes())
+
+
+def _tifffile(pixels: np.ndarray, path: Path, **options) -> None:
+    import tifffile
+
+    tifffile.imwrite(path, pixels, photometric="rgb", **options)
 
 
 def _rotated_for_exif(face: np.ndarray, path: Path) -> None:
@@ -211,8 +233,8 @@ VARIANTS: tuple[Variant, ...] = (
             view_tolerance=40),
     Variant("png-grey16", ".png", "PNG", ("I;16",), 16,
             _pil(lambda f: Image.fromarray(deep(_grey(f)))), view_tolerance=1),
-    Variant("png-rgb16", ".png", "PNG", ("RGB;16",), 16, lambda f, p: _opencv(deep(f), p),
-            view_tolerance=1),
+    Variant("png-rgb16-icc", ".png", "PNG", ("RGB;16",), 16,
+            lambda f, p: _opencv(deep(f), p, icc=srgb_profile()), view_tolerance=1, icc=True),
     Variant("png-rgba16", ".png", "PNG", ("RGBA;16",), 16,
             lambda f, p: _opencv(deep(np.dstack([f, _alpha(f)])), p), view_tolerance=1),
     Variant("tiff-multipage", ".tif", "TIFF", ("RGB", "L", "RGB"), 8, _multipage_tiff,
@@ -225,8 +247,14 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("tiff-float", ".tif", "TIFF", ("F",), 32, _float_tiff(1.0), view_tolerance=1),
     Variant("tiff-float-wide", ".tif", "TIFF", ("F",), 32, _float_tiff(1000.0),
             view_tolerance=6),
+    Variant("tiff-rgba16-icc", ".tif", "TIFF", ("RGBA;16",), 16,
+            lambda f, p: _tifffile(deep(np.dstack([f, _alpha(f)])), p, extrasamples=["unassalpha"],
+                                   compression="zlib", iccprofile=srgb_profile()),
+            view_tolerance=1, icc=True),
     Variant("tiff-cmyk", ".tif", "TIFF", ("CMYK",), 8,
             _pil(lambda f: _rgb(f).convert("CMYK"), compression="packbits"), view_tolerance=0),
+    Variant("tiff-bilevel-g4", ".tif", "TIFF", ("1",), 1,
+            _pil(lambda f: _rgb(f).convert("1"), compression="group4"), view_tolerance=130),
     Variant("gif", ".gif", "GIF", ("P",), 8,
             _pil(lambda f: _rgb(f).quantize(256, dither=Image.Dither.NONE)), view_tolerance=4),
     Variant("gif-animated", ".gif", "GIF", ("P", "P", "P"), 8,
@@ -339,6 +367,54 @@ def mutations() -> st.SearchStrategy[Mutation]:
             length=st.integers(min_value=1, max_value=4096),
         ),
     )
+
+
+@dataclass(frozen=True)
+class FuzzInput:
+    """One file of a fuzz corpus: which face, which kind, and the damage (``None``: intact)."""
+
+    path: Path
+    face: int
+    variant: Variant
+    mutation: Mutation | None
+
+
+def random_mutation(rng: random.Random) -> Mutation:
+    """A mutation drawn from ``rng``, covering the same kinds as :func:`mutations`."""
+    kind = rng.choice(["truncate", "flip", "zero"])
+    if kind == "truncate":
+        return Mutation("truncate", fraction=rng.random())
+    if kind == "flip":
+        positions = tuple(
+            rng.random() * (0.02 if rng.random() < 0.5 else 1.0)
+            for _ in range(rng.randint(1, 8))
+        )
+        return Mutation("flip", positions=positions, bit=rng.randint(0, 7))
+    return Mutation("zero", fraction=rng.random(), length=rng.randint(1, 4096))
+
+
+def fuzz_corpus(
+    faces: Sequence[np.ndarray], folder: Path, *, seed: int = 0, damaged_per_file: int = 2
+) -> list[FuzzInput]:
+    """Write every variant of every face, and ``damaged_per_file`` damaged copies of each.
+
+    The damage is drawn from ``random.Random(seed)``: the same seed damages the same
+    places on every machine. File names are unique in ``folder`` and keep the variant's
+    suffix.
+    """
+    rng = random.Random(seed)
+    corpus: list[FuzzInput] = []
+    for face_index, face in enumerate(faces):
+        for variant in VARIANTS:
+            intact = write_variant(face, variant, folder, stem=f"face{face_index}")
+            corpus.append(FuzzInput(intact, face_index, variant, None))
+            data = intact.read_bytes()
+            for copy in range(damaged_per_file):
+                mutation = random_mutation(rng)
+                damaged = intact.with_name(f"{intact.stem}-damaged{copy}{variant.suffix}")
+                damaged.write_bytes(mutate(data, mutation))
+                corpus.append(FuzzInput(damaged, face_index, variant, mutation))
+    return corpus
 
 
 def encoded(picture: Image.Image, fmt: str, **options) -> bytes:
