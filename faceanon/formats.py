@@ -693,7 +693,9 @@ def _native(frame: Frame, rgb: np.ndarray) -> np.ndarray:
     mode, dtype = frame.mode, frame.pixels.dtype
     opaque = np.full(rgb.shape[:2] + (1,), 255, np.uint8)
     if mode == "1":
-        return _luma(rgb) >= 128
+        # Dithered (Pillow's Floyd-Steinberg), not thresholded: a threshold of a blurred
+        # bilevel face gives back much of its outline, a dither shows the blur itself.
+        return np.asarray(Image.fromarray(_luma(rgb), mode="L").convert("1"))
     if mode == "L":
         return _luma(rgb)
     if mode == "LA":
@@ -748,8 +750,8 @@ def merge_anonymized(frame: Frame, anonymized: np.ndarray, boxes: Sequence[Box])
     Frame
         Outside the boxes, the input's values exactly; inside, every pixel converted from
         ``anonymized`` to the frame's mode and depth (grey by Pillow's luma, deeper frames
-        by :func:`from_8bit`, palette frames to the nearest opaque palette colour), with
-        alpha opaque.
+        by :func:`from_8bit`, palette frames to the nearest opaque palette colour, bilevel
+        frames dithered), with alpha opaque.
     """
     from faceanon.detect import clip_box
 
