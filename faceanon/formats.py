@@ -36,7 +36,7 @@ its user asks to ignore unknown files.
 
 Known limits
 ------------
-* Encoders merge identical consecutive frames of an animated GIF or WebP into one frame
+* Encoders merge identical consecutive frames of an animated GIF, PNG or WebP into one frame
   whose duration is their sum (the animation plays the same; the frame count drops).
 * 16-bit grey+alpha PNG is refused: neither Pillow nor OpenCV writes it back.
 * The view of a CMYK frame uses Pillow's naive conversion (no colour management); the ICC
@@ -807,6 +807,9 @@ def _encode(document: ImageDocument) -> bytes:
     modes = {frame.mode for frame in document.frames}
     if modes & {"RGB;16", "RGBA;16"}:
         return _encode_wide_colour(document)
+    if len(document.frames) > 1 and document.format not in {"TIFF", "GIF", "WEBP", "PNG"}:
+        # Pillow would write the first frame and drop the others without a word.
+        raise ValueError(f"{document.format} holds one frame, the document has several")
     pictures = [_to_pillow(frame) for frame in document.frames]
     options = _save_options(document, pictures)
     buffer = io.BytesIO()
@@ -871,7 +874,7 @@ def _save_options(document: ImageDocument, pictures: list[Image.Image]) -> dict:
         _palette_transparency(pictures, as_bytes=True)
     elif kind == "GIF":
         _palette_transparency(pictures, as_bytes=False)
-    if kind in {"GIF", "WEBP"} and len(pictures) > 1:
+    if kind in {"GIF", "WEBP", "PNG"} and len(pictures) > 1:  # PNG: animated (APNG)
         options["duration"] = [round(frame.duration_ms or 0) for frame in document.frames]
         if document.loop is not None:
             options["loop"] = document.loop

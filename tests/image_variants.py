@@ -231,6 +231,8 @@ VARIANTS: tuple[Variant, ...] = (
             _pil(lambda f: _rgb(f).quantize(256, dither=Image.Dither.NONE)), view_tolerance=4),
     Variant("png-palette-transparent", ".png", "PNG", ("P",), 8, _palette_with_transparency,
             view_tolerance=40),
+    Variant("png-animated", ".png", "PNG", ("RGB", "RGB", "RGB"), 8,
+            lambda f, p: _animated(f, p, "PNG"), view_tolerance=0),
     Variant("png-grey16", ".png", "PNG", ("I;16",), 16,
             _pil(lambda f: Image.fromarray(deep(_grey(f)))), view_tolerance=1),
     Variant("png-rgb16-icc", ".png", "PNG", ("RGB;16",), 16,

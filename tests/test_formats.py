@@ -261,6 +261,14 @@ def test_merge_refuses_an_image_of_another_shape_and_ignores_boxes_outside():
     assert int(merged.pixels.sum()) == 4 * 65535
 
 
+def test_several_frames_are_never_written_into_a_one_frame_format(tmp_path):
+    frame = formats.Frame(np.zeros((4, 4, 3), np.uint8), "RGB")
+    document = formats.ImageDocument(path=None, format="JPEG", frames=(frame, frame))
+    with pytest.raises(ImageWriteError, match="JPEG holds one frame"):
+        write_document(tmp_path / "x.jpg", document)
+    assert not list(tmp_path.iterdir())
+
+
 def test_with_anonymized_needs_one_image_and_box_list_per_frame(tmp_path):
     path = tmp_path / "a.png"
     Image.new("RGB", (8, 8)).save(path)
