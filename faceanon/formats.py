@@ -38,7 +38,15 @@ Known limits
 ------------
 * Encoders merge identical consecutive frames of an animated GIF, PNG or WebP into one frame
   whose duration is their sum (the animation plays the same; the frame count drops).
+* An animated GIF frame that composites to more than 256 colours (frames with different
+  local palettes) is held as RGB and re-quantized on writing: outside the faces it is then
+  close to, not equal to, the input.
+* 16-bit colour TIFF is written by tifffile, which compresses with deflate only: an LZW or
+  JPEG-compressed input comes back deflate-compressed (lossless). A TIFF compression
+  Pillow cannot write for a page's mode falls back to deflate as well.
 * 16-bit grey+alpha PNG is refused: neither Pillow nor OpenCV writes it back.
+* Decoders of damaged files (libpng, libtiff, OpenCV) print their own lines on stderr
+  before the error is raised here.
 * The view of a CMYK frame uses Pillow's naive conversion (no colour management); the ICC
   profile is written back unchanged.
 """
