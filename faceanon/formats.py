@@ -318,10 +318,6 @@ def read_document(
         raise ImageReadError(path, "not a file")
     if size == 0:
         raise ImageReadError(path, "file is empty")
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise ImageReadError(path, f"cannot read ({error.strerror})") from None
 
     # face_recognition (and other libraries) switch Pillow's process-wide flag that
     # silently pads truncated files; a privacy tool must report those, so force it off.
@@ -335,7 +331,7 @@ def read_document(
             # Pillow warns about damaged EXIF blocks and reads on; orientation is then
             # taken as upright, and the caller needs no second message about it.
             warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
-            return _read(path, data, limit, first_frame_only)
+            return _read(path, limit, first_frame_only)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
@@ -357,8 +353,10 @@ def read_document(
         ImageFile.LOAD_TRUNCATED_IMAGES = lenient
 
 
-def _read(path: Path, data: bytes, limit: int, first_frame_only: bool) -> ImageDocument:
-    with Image.open(io.BytesIO(data)) as opened:
+def _read(path: Path, limit: int, first_frame_only: bool) -> ImageDocument:
+    # Pillow reads from the file as it decodes; the file's bytes are held in memory only
+    # where another reader needs them (16-bit colour, WebP's encoding).
+    with Image.open(path) as opened:
         kind = opened.format
         if kind not in SUPPORTED_FORMATS:
             raise UnsupportedImageError(
@@ -372,19 +370,19 @@ def _read(path: Path, data: bytes, limit: int, first_frame_only: bool) -> ImageD
         if kind in {"GIF", "WEBP"}:  # every frame has the canvas size: refuse up front
             _check_pixels(path, width, height, width * height * count, limit)
         if kind == "GIF":
-            _check_gif_complete(path, data)
+            _check_gif_complete(path)
         icc_profile = opened.info.get("icc_profile") or None
         loop = opened.info.get("loop") if count > 1 or kind == "GIF" else None
         if kind == "WEBP" and count == 1:
             loop = None  # Pillow reports loop=1 for every still WebP
-        encoding = _encoding_of(opened, data)
+        encoding = _encoding_of(path, opened)
         wide = _pillow_reduces_depth(opened)
         if wide:
             if wide.startswith("LA"):
                 raise UnsupportedImageError(
                     path, "16-bit grey+alpha PNG is not supported (it cannot be written back)"
                 )
-            frames = _read_wide_colour(path, data, opened, count, limit)
+            frames = _read_wide_colour(path, opened, count, limit)
         else:
             frames = []
             total = 0
@@ -404,15 +402,18 @@ def _read(path: Path, data: bytes, limit: int, first_frame_only: bool) -> ImageD
     )
 
 
-def _check_gif_complete(path: Path, data: bytes) -> None:
+def _check_gif_complete(path: Path) -> None:
     # Pillow stops at the last frame it can find and reports no error, so a GIF cut
     # between two frames would lose its later frames silently; a complete GIF ends with
-    # the trailer byte 0x3B.
-    if not data.rstrip(b"\0").endswith(b";"):
+    # the trailer byte 0x3B (some writers pad the file with zeros after it).
+    with open(path, "rb") as handle:
+        handle.seek(max(path.stat().st_size - 4096, 0))
+        tail = handle.read()
+    if not tail.rstrip(b"\0").endswith(b";"):
         raise ImageReadError(path, "corrupt or truncated image (GIF trailer missing)")
 
 
-def _encoding_of(opened: Image.Image, data: bytes) -> dict:
+def _encoding_of(path: Path, opened: Image.Image) -> dict:
     if opened.format in {"JPEG", "MPO"}:
         encoding = {"qtables": getattr(opened, "quantization", None) or None}
         sampling = JpegImagePlugin.get_sampling(opened)
@@ -425,7 +426,7 @@ def _encoding_of(opened: Image.Image, data: bytes) -> dict:
     if opened.format == "TIFF":
         return {"compression": opened.info.get("compression", "raw")}
     if opened.format == "WEBP":
-        return {"lossless": _webp_is_lossless(data)}
+        return {"lossless": _webp_is_lossless(path.read_bytes())}
     return {}
 
 
@@ -556,12 +557,11 @@ def _value_range(pixels: np.ndarray, mode: str) -> tuple[float, float]:
 
 
 def _read_wide_colour(
-    path: Path, data: bytes, opened: Image.Image, count: int, limit: int
+    path: Path, opened: Image.Image, count: int, limit: int
 ) -> list[Frame]:
     """Frames of a 16-bit-per-channel colour PNG or TIFF, read with OpenCV at full depth."""
     import cv2
 
-    buffer = np.frombuffer(data, np.uint8)
     orientations = []
     total = 0
     for index in range(count):
@@ -569,6 +569,7 @@ def _read_wide_colour(
         total += opened.size[0] * opened.size[1]
         _check_pixels(path, *opened.size, total, limit)
         orientations.append(_orientation_of(opened))
+    buffer = np.frombuffer(path.read_bytes(), np.uint8)
     if opened.format == "TIFF":
         ok, pages = cv2.imdecodemulti(buffer, cv2.IMREAD_UNCHANGED)
         if not ok or len(pages) < count:
