@@ -11,7 +11,8 @@ Prints, measured in one run on this machine:
    approach (for each case, for each probe/gallery pair: anonymize, encode both images,
    compare), measured on a smaller grid in the same run (goal: 20x or more).
 
-Usage::
+Usage (with faceanon installed in the environment; the script imports the installed
+package, never the checkout)::
 
     FACEANON_DATA=../shared/datasets python benchmarks/throughput.py
     python benchmarks/throughput.py --identities 50 --naive-identities 8   # quicker
@@ -23,31 +24,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo's bench/ grids
-from bench.grids import PAPER_KS  # noqa: E402
-from faceanon.datasets import protocol_split, resolve_dataset  # noqa: E402
-from faceanon.imageio import read_image  # noqa: E402
-from faceanon.methods import get_method  # noqa: E402
-from faceanon.pipeline import MODES, Evaluation, Settings, _regions, image_rng  # noqa: E402
-from faceanon.recognition import DlibResNet  # noqa: E402
-from faceanon.store import ResultsDB  # noqa: E402
+from faceanon.benchmark.grids import cases as grid_cases
+from faceanon.datasets import protocol_split, resolve_dataset
+from faceanon.detect import anonymization_regions
+from faceanon.imageio import read_image
+from faceanon.methods import get_method
+from faceanon.pipeline import Evaluation, Settings
+from faceanon.protocol import image_rng
+from faceanon.recognition import DlibResNet
+from faceanon.store import ResultsDB
 
 AD_HOC = ("blur", "pixelate", "noise")
-
-
-def grid_cases(ks_per_method: dict[str, list[int]]) -> list:
-    cases = [(None, None, "clear")]
-    for method, ks in ks_per_method.items():
-        for k in ks:
-            cases += [(method, k, mode) for mode in MODES if mode != "clear"]
-    return cases
 
 
 def run_pipeline(dataset, split, cases, *, workers: int) -> tuple[float, int, int]:
@@ -59,13 +52,11 @@ def run_pipeline(dataset, split, cases, *, workers: int) -> tuple[float, int, in
                                   git_commit=None, git_dirty=None, packages={}, machine={})
             start = time.perf_counter()
             with Evaluation(dataset, split, db=db, run_id=run_id, workers=workers) as ev:
-                ev.plan([c[:2] for c in cases if c[0] is not None])
+                ev.plan(cases)
                 for case in cases:
-                    ev.run_case(*case)
+                    ev.run_case(case)
             wall = time.perf_counter() - start
-            encoded, faceless = db.con.execute(
-                "SELECT count(*), count(*) FILTER (embedding IS NULL) FROM embeddings"
-            ).fetchall()[0]
+            encoded, faceless = db.embedding_counts()
     return wall, encoded, faceless
 
 
@@ -94,18 +85,21 @@ def naive_seed_study(dataset, split, cases) -> float:
     backend = DlibResNet()
     settings = Settings()
     start = time.perf_counter()
-    for method_name, k, mode in cases:
-        method = get_method(method_name) if method_name else None
+    for case in cases:
+        method = get_method(case.method) if case.method else None
         for probe in split.probes:
             for gallery in split.gallery:
                 faces = []
-                for sample, anonymized in ((probe, mode in {"naive", "parrot"}),
-                                           (gallery, mode in {"reverse", "parrot"})):
+                for sample, anonymized in ((probe, case.mode.probes_anonymized),
+                                           (gallery, case.mode.gallery_anonymized)):
                     image = read_image(dataset.path(sample))
                     if anonymized:
-                        boxes, _ = _regions(image, settings)
+                        boxes = list(anonymization_regions(
+                            image, detector=settings.detector, region=settings.region,
+                            on_miss=settings.on_miss).boxes)
                         image = method.anonymize(
-                            image, boxes, k=k, rng=image_rng(0, method_name, k, sample.key))
+                            image, boxes, k=case.k,
+                            rng=image_rng(0, case.method, case.k, sample.key))
                     faces.append(backend.encode(image).embedding)
                 if faces[0] is not None and faces[1] is not None:
                     np.linalg.norm(faces[0] - faces[1])
@@ -132,7 +126,7 @@ def main() -> None:
     print(f"single image detect + encode, one core: {1000 * t_single:.1f} ms")
 
     if not args.skip_paper:
-        paper = grid_cases({m: PAPER_KS[m] for m in AD_HOC})
+        paper = grid_cases("paper", methods=AD_HOC)
         wall, encoded, faceless = run_pipeline(dataset, split, paper, workers=cores)
         floor = encoded * t_single / cores
         print(f"paper grid: {len(paper)} cases, {encoded} images encoded, "
@@ -148,7 +142,7 @@ def main() -> None:
               f"strict floor / wall = {strict / wall:.2f}")
 
     small = protocol_split(dataset, identities=args.naive_identities, seed=0)
-    small_cases = grid_cases({"blur": [15, 90], "pixelate": [10]})
+    small_cases = grid_cases("smoke", methods=["blur", "pixelate"], ks=[15, 90, 10])
     naive = naive_seed_study(dataset, small, small_cases)
     ours, _, _ = run_pipeline(dataset, small, small_cases, workers=cores)
     print(f"small grid ({len(small_cases)} cases, {args.naive_identities} identities): "

@@ -1,4 +1,8 @@
-"""``faceanon anonymize``: anonymize the faces in image files and folders.
+"""Anonymize the faces in image files and folders: the library behind ``faceanon anonymize``.
+
+:func:`plan_jobs` pairs every input with its output and refuses unsafe plans;
+:func:`anonymize_files` runs the jobs. The command (:mod:`faceanon.cli.anonymize`) only
+checks options and prints.
 
 Behaviour a privacy tool owes its user:
 
@@ -6,39 +10,40 @@ Behaviour a privacy tool owes its user:
   outputs carry no metadata at all (:func:`faceanon.imageio.write_image`).
 * Inputs are never overwritten: an output folder equal to or inside an input folder, or a
   planned output that is an input file, is refused before anything is read.
-* A file that cannot be read gets one line naming it and the problem; the other files are
-  still processed, and the exit code is 1.
-* An image with no face is never written out as it is: ``--on-miss`` decides.
+* A file that cannot be read is recorded with the problem; the other files are still
+  processed.
+* An image with no face is never written out as it is: ``on_miss``
+  (:class:`faceanon.protocol.OnMiss`) decides.
 
 Output layout: a file given on the command line is written as ``OUTDIR/<its name>``; a
 folder's images are written under ``OUTDIR`` with the folder's structure mirrored (the
 folder's own name is not repeated). When two inputs would write the same output path, the
-run is refused before it starts, naming both, rather than silently overwriting one.
+plan is refused before it starts, naming both, rather than silently overwriting one.
 
-Randomness: each image gets its own generator, seeded from ``--seed`` and the image's
-output path relative to ``OUTDIR``, so results do not depend on the order files are found
-or given in. Set-based methods (k-Same) see all images with faces at once and get one
-generator seeded from ``--seed``.
+Randomness follows the benchmark's rule (:func:`faceanon.protocol.image_rng`): each
+image's generator comes from the seed, the method, ``k`` and the image's key (its output
+path relative to ``OUTDIR``), so results do not depend on the order files are found or
+given in, and an image laid out as in the dataset gets the benchmark's very pixels.
+Set-based methods (k-Same) get one generator for the set of images with faces
+(:func:`faceanon.protocol.set_rng`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 import numpy as np
 
+from faceanon.errors import FaceanonError
 from faceanon.imageio import ImageReadError, is_image_path, read_image, write_image
-from faceanon.methods import available_methods
+from faceanon.methods import Method, needs_whole_set
+from faceanon.protocol import OnMiss, Variant, image_rng, set_rng
 
-ON_MISS = ("fail", "skip", "whole")
+__all__ = ["Job", "Outcome", "PlanError", "Result", "anonymize_files", "plan_jobs"]
 
 
 @dataclass
@@ -52,8 +57,15 @@ class Job:
 
 @dataclass
 class Result:
+    """What became of one job.
+
+    ``status`` is ``ok`` (faces anonymized), ``whole`` (no face, anonymized whole),
+    ``miss`` (no face: not written, an error), ``skipped`` (no face: not written, not an
+    error) or ``failed`` (unreadable or unwritable: ``error`` says why).
+    """
+
     job: Job
-    status: str = "pending"  # ok | whole | miss | skipped | failed
+    status: str = "pending"
     faces: int = 0
     boxes: list = field(default_factory=list)
     error: str | None = None
@@ -73,7 +85,34 @@ class Result:
         }
 
 
-class PlanError(click.UsageError):
+@dataclass
+class Outcome:
+    """Every job's result, with totals and the wall time."""
+
+    results: list[Result]
+    seconds: float
+
+    @property
+    def totals(self) -> dict[str, int]:
+        results = self.results
+        return {
+            "files": len(results),
+            "written": sum(r.written for r in results),
+            "faces": sum(r.faces for r in results),
+            "misses": sum(r.status == "miss" for r in results),
+            "skipped": sum(r.status == "skipped" for r in results),
+            "whole": sum(r.status == "whole" for r in results),
+            "failures": sum(r.status == "failed" for r in results),
+        }
+
+    @property
+    def ok(self) -> bool:
+        """False when a file failed or (with ``on_miss="fail"``) had no face."""
+        totals = self.totals
+        return totals["failures"] == 0 and totals["misses"] == 0
+
+
+class PlanError(FaceanonError):
     """The inputs and the output folder do not make a safe plan."""
 
 
@@ -155,264 +194,125 @@ def _same_file_as_any(target: Path, jobs: list[Job]) -> Path | None:
     return None
 
 
-def image_rng(seed: int, key: str) -> np.random.Generator:
-    """The generator for one image: from the seed and the image's key, not its position."""
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
-    return np.random.default_rng([seed, int.from_bytes(digest[:16], "little")])
+def _read(result: Result) -> np.ndarray | None:
+    try:
+        return read_image(result.job.source)
+    except ImageReadError as error:
+        problem = error.problem
+    except Exception as error:  # e.g. Pillow's DecompressionBombError: still one file
+        problem = f"could not read ({type(error).__name__}: {error})"
+    result.status, result.error = "failed", problem
+    return None
 
 
-class Reporter:
-    """Per-file lines and the progress bar, on stderr, without tearing each other."""
-
-    def __init__(self, total: int, *, quiet: bool, label: str):
-        from tqdm import tqdm
-
-        stream = sys.stderr
-        show = not quiet and total > 1 and hasattr(stream, "isatty") and stream.isatty()
-        self.bar = tqdm(total=total, desc=label, unit="img", file=stream, disable=not show)
-
-    def line(self, text: str) -> None:
-        from tqdm import tqdm
-
-        if self.bar.disable:
-            click.echo(text, err=True)
-        else:
-            tqdm.write(text, file=sys.stderr)
-
-    def step(self) -> None:
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
+def _write(result: Result, image: np.ndarray, boxes: Sequence) -> None:
+    try:
+        write_image(result.job.target, image)
+    except (OSError, ValueError, KeyError) as error:
+        result.status, result.error = "failed", f"could not write {result.job.target}: {error}"
+        return
+    result.boxes = [tuple(int(v) for v in box) for box in boxes]
 
 
-@click.command("anonymize")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    "outdir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for the anonymized images (created; never inside an input folder).",
-)
-@click.option(
-    "--method",
-    "method_name",
-    default="pixelate",
-    show_default=True,
-    help=f"Anonymization method: {', '.join(available_methods())}.",
-)
-@click.option(
-    "--k",
-    "k",
-    type=int,
-    default=None,
-    help="Method strength; its meaning depends on the method (e.g. pixelate: blocks "
-    "per side, smaller hides more).",
-)
-@click.option(
-    "--detector",
-    default="hog",
-    show_default=True,
-    help="Face detector: hog, cnn, haar-face (or haar-eyes/haar-glasses with --region eyes).",
-)
-@click.option(
-    "--region",
-    type=click.Choice(["face", "eyes"]),
-    default="face",
-    show_default=True,
-    help="What to anonymize in each detected face.",
-)
-@click.option(
-    "--margin",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Grow every box by this fraction of its size.",
-)
-@click.option(
-    "--seed",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Seed of the random methods; the same seed gives the same outputs.",
-)
-@click.option(
-    "--on-miss",
-    type=click.Choice(ON_MISS),
-    default="fail",
-    show_default=True,
-    help="No face found: fail (not written, error), skip (not written, no error) "
-    "or whole (anonymize the whole image).",
-)
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help="Print one JSON document with per-file results and totals on stdout.",
-)
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option(
-    "--weights",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Checkpoint for a generative method (deepprivacy), e.g. from `faceanon train-gan`.",
-)
-def anonymize_command(
-    inputs, outdir, method_name, k, detector, region, margin, seed, on_miss, as_json, quiet,
-    weights,
-):
-    """Anonymize the faces in image files and folders (recursively) into OUTDIR.
+def anonymize_files(
+    jobs: Sequence[Job],
+    *,
+    method: Method,
+    variant: Variant,
+    detector,
+    region: str = "face",
+    margin: float = 0.0,
+    seed: int = 0,
+    on_miss: OnMiss | str = OnMiss.FAIL,
+    on_problem: Callable[[Result], None] | None = None,
+    on_step: Callable[[], None] | None = None,
+) -> Outcome:
+    """Anonymize every job's image into its target.
 
-    Outputs keep their file names and formats and carry no metadata. An image in which
-    no face is found is never written unanonymized (see --on-miss). The exit code is 1
-    when any file failed or (with --on-miss fail) had no face.
+    Parameters
+    ----------
+    jobs : sequence of Job
+        From :func:`plan_jobs`.
+    method : Method
+        The method object (made once by the caller).
+    variant : Variant
+        Its registry name and checked ``k`` (:meth:`Method.check_k`): what the images'
+        generators are seeded with.
+    detector : str or faceanon.detect.Detector
+        Finds the faces.
+    region, margin
+        As in :func:`faceanon.detect.find_regions`.
+    seed : int
+        Seed of the generators (:func:`faceanon.protocol.image_rng`).
+    on_miss : OnMiss or str
+        What happens to an image with no face.
+    on_problem : callable, optional
+        Called with a result as soon as it fails, misses or is skipped.
+    on_step : callable, optional
+        Called after each image has been read and detected in.
+
+    Returns
+    -------
+    Outcome
+
+    Raises
+    ------
+    faceanon.methods.MethodError
+        When the method refuses the images (e.g. k-Same with fewer than k faces); the
+        files written before it stay.
     """
-    from faceanon.detect import DetectorError, get_detector
-    from faceanon.methods import Method, MethodError, get_method
+    from faceanon.detect import anonymization_regions
 
     started = time.perf_counter()
-    try:
-        options = {} if weights is None else {"weights": weights}
-        try:
-            method = get_method(method_name, **options)
-        except TypeError:
-            raise MethodError(f"{method_name} takes no --weights") from None
-        k_used = method.check_k(k)
-        face_detector = get_detector(detector)
-    except (MethodError, DetectorError) as error:
-        raise click.UsageError(str(error)) from None
-    k_ignored = k is not None and not method.uses_k
-    if k_ignored:
-        click.echo(f"note: {method_name} takes no k; --k {k} is ignored", err=True)
-    if method_name == "mask" and region == "eyes":
-        raise click.UsageError(
-            "--method mask finds the eyes inside each face itself; use --region face"
-        )
-    if face_detector.finds == "eye" and region != "eyes":
-        raise click.UsageError(f"detector {detector} finds eyes; add --region eyes")
-
-    jobs, ignored = plan_jobs(list(inputs), outdir)
-    if not jobs:
-        raise click.UsageError("no image files found in the inputs")
-
-    set_based = type(method).anonymize_set is not Method.anonymize_set
+    on_miss = OnMiss(on_miss)
+    notify = on_problem or (lambda result: None)
+    step = on_step or (lambda: None)
     results = [Result(job) for job in jobs]
-    reporter = Reporter(len(jobs), quiet=quiet, label=f"anonymize ({method_name})")
 
     def regions(result: Result) -> tuple[np.ndarray | None, list]:
-        """Read and detect; record failures and misses. Returns (image, boxes)."""
-        from faceanon.detect import find_regions
-
-        try:
-            image = read_image(result.job.source)
-        except ImageReadError as error:
-            problem = error.problem
-        except Exception as error:  # e.g. Pillow's DecompressionBombError: still one file
-            problem = f"could not read ({type(error).__name__}: {error})"
-        else:
-            problem = None
-        if problem is not None:
-            result.status, result.error = "failed", problem
-            reporter.line(f"error: {result.job.source}: {problem}")
+        image = _read(result)
+        if image is None:
+            notify(result)
             return None, []
-        boxes = find_regions(image, detector=face_detector, region=region, margin=margin)
-        if boxes:
-            result.status = "ok"
-            result.faces = len(boxes)
-            return image, boxes
-        if on_miss == "whole":
+        found = anonymization_regions(image, detector=detector, region=region, margin=margin,
+                                      on_miss=on_miss)
+        if found.found:
+            result.status, result.faces = "ok", len(found.boxes)
+        elif found.publishable:
             result.status = "whole"
-            return image, [(0, 0, image.shape[1], image.shape[0])]
-        result.status = "miss" if on_miss == "fail" else "skipped"
-        result.error = "no face found"
-        prefix = "error" if on_miss == "fail" else "skipped"
-        reporter.line(f"{prefix}: {result.job.source}: no face found, not written")
-        return None, []
+        else:
+            result.status = "miss" if on_miss is OnMiss.FAIL else "skipped"
+            result.error = "no face found"
+            notify(result)
+            return None, []
+        return image, list(found.boxes)
 
     def write(result: Result, image: np.ndarray, boxes: list) -> None:
-        try:
-            write_image(result.job.target, image)
-        except (OSError, ValueError, KeyError) as error:
-            result.status, result.error = "failed", f"could not write {result.job.target}: {error}"
-            reporter.line(f"error: {result.job.source}: {result.error}")
-            return
-        result.boxes = [tuple(int(v) for v in box) for box in boxes]
+        _write(result, image, boxes)
+        if result.status == "failed":
+            notify(result)
 
-    try:
-        if set_based:
-            # k-Same needs every face at once: hold the readable images with faces in
-            # memory, then anonymize them in one call.
-            held: list[tuple[Result, np.ndarray, list]] = []
-            for result in results:
-                image, boxes = regions(result)
-                if image is not None:
-                    held.append((result, image, boxes))
-                reporter.step()
-            if held:
-                rng = np.random.default_rng(seed)
-                outputs = method.anonymize_set(
-                    [image for _, image, _ in held], [b for _, _, b in held], k=k_used, rng=rng
-                )
-                for (result, _, boxes), output in zip(held, outputs, strict=True):
-                    write(result, output, boxes)
-        else:
-            for result in results:
-                image, boxes = regions(result)
-                if image is not None:
-                    output = method.anonymize(
-                        image, boxes, k=k_used, rng=image_rng(seed, result.job.key)
-                    )
-                    write(result, output, boxes)
-                reporter.step()
-    except MethodError as error:
-        raise click.ClickException(f"{method_name}: {error}") from None
-    finally:
-        reporter.close()
-
-    seconds = time.perf_counter() - started
-    totals = {
-        "files": len(results),
-        "written": sum(r.written for r in results),
-        "faces": sum(r.faces for r in results),
-        "misses": sum(r.status == "miss" for r in results),
-        "skipped": sum(r.status == "skipped" for r in results),
-        "whole": sum(r.status == "whole" for r in results),
-        "failures": sum(r.status == "failed" for r in results),
-        "ignored_non_images": len(ignored),
-        "seconds": round(seconds, 3),
-    }
-    failed = totals["failures"] > 0 or totals["misses"] > 0
-    if as_json:
-        document = {
-            "method": method.describe(),
-            "k": k_used,
-            "k_ignored": k_ignored,
-            "detector": detector,
-            "region": region,
-            "margin": margin,
-            "seed": seed,
-            "on_miss": on_miss,
-            "output": str(outdir),
-            "ok": not failed,
-            "files": [r.as_dict() for r in results],
-            "totals": totals,
-        }
-        click.echo(json.dumps(document, indent=2))
+    if needs_whole_set(method):
+        # k-Same needs every face at once: hold the readable images with faces in memory,
+        # then anonymize them in one call.
+        held: list[tuple[Result, np.ndarray, list]] = []
+        for result in results:
+            image, boxes = regions(result)
+            if image is not None:
+                held.append((result, image, boxes))
+            step()
+        if held:
+            rng = set_rng(seed, variant.method, variant.k, [r.job.key for r, _, _ in held])
+            outputs = method.anonymize_set([image for _, image, _ in held],
+                                           [boxes for _, _, boxes in held], k=variant.k,
+                                           rng=rng)
+            for (result, _, boxes), output in zip(held, outputs, strict=True):
+                write(result, output, boxes)
     else:
-        parts = [
-            f"{totals['written']} of {totals['files']} files written",
-            f"{totals['faces']} faces",
-        ]
-        if totals["whole"]:
-            parts.append(f"{totals['whole']} anonymized whole (no face)")
-        parts.append(f"{totals['misses']} misses")
-        if totals["skipped"]:
-            parts.append(f"{totals['skipped']} skipped (no face)")
-        parts.append(f"{totals['failures']} failures")
-        if ignored:
-            parts.append(f"{len(ignored)} non-image files ignored")
-        click.echo(f"{', '.join(parts)} in {seconds:.1f} s -> {outdir}")
-    if failed:
-        sys.exit(1)
+        for result in results:
+            image, boxes = regions(result)
+            if image is not None:
+                rng = image_rng(seed, variant.method, variant.k, result.job.key)
+                write(result, method.anonymize(image, boxes, k=variant.k, rng=rng), boxes)
+            step()
+    return Outcome(results, time.perf_counter() - started)

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from faceanon.errors import FaceanonError
 from faceanon.imageio import is_image_path
 
 #: Environment variable naming a folder that holds datasets by name (``$FACEANON_DATA/lfw``).
@@ -22,7 +23,7 @@ DATA_ENV = "FACEANON_DATA"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "faceanon"
 
 
-class DatasetError(ValueError):
+class DatasetError(FaceanonError, ValueError):
     """A dataset could not be found or is not laid out ``<identity>/<image>``."""
 
 

@@ -17,8 +17,10 @@ Detectors are chosen by name (:data:`DETECTORS`) through :func:`get_detector`:
 
 Every detector returns :class:`Detection` boxes ``(x, y, w, h)`` in image coordinates,
 clipped to the image. :func:`find_regions` turns detections into the boxes a method
-anonymizes (whole faces or eye bands, optionally grown by a margin); the command line and
-the benchmark both use it so that they anonymize the same pixels.
+anonymizes (whole faces or eye bands, optionally grown by a margin), and
+:func:`anonymization_regions` adds the one rule for an image in which no face is found
+(:class:`faceanon.protocol.OnMiss`); the command line, the benchmark and the report's
+pictures all use it, so that they anonymize the same pixels.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from faceanon.errors import FaceanonError
 from faceanon.imageio import to_rgb
+from faceanon.protocol import OnMiss
 
 Box = tuple[int, int, int, int]
 
@@ -48,7 +52,7 @@ EYE_SEARCH_BOTTOM = 0.6
 EYE_FALLBACK_BAND = (0.15, 0.5)
 
 
-class DetectorError(ValueError):
+class DetectorError(FaceanonError, ValueError):
     """Unknown detector or region name, or an option a detector does not take."""
 
 
@@ -141,7 +145,16 @@ def cnn_model():
     )
 
 
-class HogDetector(Detector):
+class _DlibDetector(Detector):
+    """A dlib face detector run on an image up-sampled ``upsample`` times."""
+
+    def __init__(self, *, upsample: int = 1):
+        if upsample < 0:
+            raise DetectorError(f"upsample must be >= 0, got {upsample}")
+        self.upsample = int(upsample)
+
+
+class HogDetector(_DlibDetector):
     """dlib HOG face detector, as ``face_recognition.face_locations(model="hog")``.
 
     ``face_recognition`` calls ``detector(image, upsample)``; ``run(image, upsample, 0)``
@@ -160,11 +173,6 @@ class HogDetector(Detector):
 
     name = "hog"
 
-    def __init__(self, *, upsample: int = 1):
-        if upsample < 0:
-            raise DetectorError(f"upsample must be >= 0, got {upsample}")
-        self.upsample = int(upsample)
-
     def detect(self, image: np.ndarray) -> list[Detection]:
         image = np.ascontiguousarray(to_rgb(image))
         rectangles, scores, _ = hog_model().run(image, self.upsample, 0)
@@ -175,19 +183,19 @@ class HogDetector(Detector):
         return [d for d in found if d is not None]
 
 
-class CnnDetector(Detector):
+class CnnDetector(_DlibDetector):
     """dlib MMOD CNN face detector, as ``face_recognition.face_locations(model="cnn")``.
 
     Boxes are converted as in :class:`HogDetector`. About a second per 250x250 image on
     one CPU core with ``upsample=1``.
+
+    Parameters
+    ----------
+    upsample : int
+        As in :class:`HogDetector`.
     """
 
     name = "cnn"
-
-    def __init__(self, *, upsample: int = 1):
-        if upsample < 0:
-            raise DetectorError(f"upsample must be >= 0, got {upsample}")
-        self.upsample = int(upsample)
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         image = np.ascontiguousarray(to_rgb(image))
@@ -518,3 +526,56 @@ def find_regions(
         boxes = [band for band, _ in filter(None, bands)]
     grown = (grow_box(box, margin, image.shape) for box in boxes)
     return [box for box in grown if box is not None]
+
+
+@dataclass(frozen=True)
+class Regions:
+    """Where an image is anonymized, and whether a face was found there.
+
+    ``boxes`` is empty only when no face was found and the policy is not ``whole``: the
+    image must then not be published at all.
+    """
+
+    boxes: tuple[Box, ...]
+    found: bool
+
+    @property
+    def publishable(self) -> bool:
+        """True when there is something to anonymize (a face, or the whole image)."""
+        return bool(self.boxes)
+
+
+def anonymization_regions(
+    image: np.ndarray,
+    *,
+    detector: str | Detector = "hog",
+    region: str = "face",
+    margin: float = 0.0,
+    on_miss: OnMiss | str = OnMiss.WHOLE,
+) -> Regions:
+    """The boxes to anonymize in an image, with the rule for an image with no face.
+
+    Parameters
+    ----------
+    image : ndarray
+        RGB ``uint8`` (grey and RGBA are converted).
+    detector, region, margin
+        As in :func:`find_regions`.
+    on_miss : OnMiss or str
+        When no face is found: ``whole`` gives one box over the whole image; ``skip`` and
+        ``fail`` give no box (the caller must not publish the image; whether that is an
+        error is the caller's to say).
+
+    Returns
+    -------
+    Regions
+    """
+    on_miss = OnMiss(on_miss)
+    boxes = [tuple(int(v) for v in box) for box in
+             find_regions(image, detector=detector, region=region, margin=margin)]
+    if boxes:
+        return Regions(tuple(boxes), found=True)
+    if on_miss is OnMiss.WHOLE:
+        height, width = np.shape(image)[:2]
+        return Regions(((0, 0, int(width), int(height)),), found=False)
+    return Regions((), found=False)

@@ -1,4 +1,4 @@
-"""``faceanon data``: inspect datasets and download LFW safely.
+"""Download datasets safely: the library behind ``faceanon data fetch`` and ``--bench-fetch``.
 
 Downloading is all-or-nothing: the archive is checked against its published checksum,
 unpacked into a hidden temporary folder with every member checked (no absolute paths, no
@@ -9,7 +9,6 @@ removes the temporary folder, so a half-unpacked dataset never looks like a real
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import tarfile
 import tempfile
@@ -17,9 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import click
-
-from faceanon.datasets import DEFAULT_CACHE, DatasetError, resolve_dataset
+from faceanon.datasets import DEFAULT_CACHE
+from faceanon.errors import FaceanonError
 from faceanon.imageio import is_image_path
 
 
@@ -48,7 +46,7 @@ SOURCES = {
 }
 
 
-class FetchError(RuntimeError):
+class FetchError(FaceanonError, RuntimeError):
     """A download or an archive was not what it should be; nothing was left behind."""
 
 
@@ -150,13 +148,41 @@ def unpack(archive_path: Path, destination: Path, *, source: DataSource, name: s
 def fetch_dataset(
     name: str,
     *,
-    destination: Path = DEFAULT_CACHE,
+    destination: Path | None = None,
     url: str | None = None,
     checksum: str | None = None,
     force: bool = False,
     progress: bool = True,
 ) -> list[Path]:
-    """Download, verify and unpack a known dataset into ``destination``."""
+    """Download, verify and unpack a known dataset.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`SOURCES` (``"lfw"``).
+    destination : Path, optional
+        The folder that receives the dataset folders; default the user cache
+        (:data:`faceanon.datasets.DEFAULT_CACHE`), where datasets are found by name.
+    url, checksum : str, optional
+        A mirror, and the ``ALGORITHM:HEX`` its archive must have.
+    force : bool
+        Replace dataset folders that already exist.
+    progress : bool
+        Show a download progress bar.
+
+    Returns
+    -------
+    list of Path
+        The dataset folders created.
+
+    Raises
+    ------
+    FetchError
+        Unknown name, failed download, checksum mismatch, unsafe or broken archive, or a
+        folder that exists already; nothing is left behind.
+    """
+    if destination is None:
+        destination = DEFAULT_CACHE
     if name not in SOURCES:
         raise FetchError(f"no download known for {name!r}; known: {', '.join(SOURCES)}")
     source = SOURCES[name]
@@ -175,50 +201,3 @@ def fetch_dataset(
         archive = Path(scratch) / "archive"
         download(source.url, archive, checksum=source.checksum, progress=progress)
         return unpack(archive, destination, source=source, name=name)
-
-
-@click.group("data")
-def data_command():
-    """Inspect and download face datasets."""
-
-
-@data_command.command("info")
-@click.argument("dataset")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def info_command(dataset, as_json):
-    """Count identities and images of DATASET (a path, or a name under $FACEANON_DATA)."""
-    try:
-        summary = resolve_dataset(dataset).summary()
-    except DatasetError as error:
-        raise click.ClickException(str(error)) from None
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-        return
-    click.echo(f"dataset      {summary['name']}  ({summary['root']})")
-    click.echo(f"identities   {summary['identities']}")
-    click.echo(f"images       {summary['images']}")
-    click.echo(f"with >= 2    {summary['identities_with_2_or_more']} identities")
-    click.echo(f"fingerprint  {summary['fingerprint']}")
-
-
-@data_command.command("fetch")
-@click.argument("name", type=click.Choice(sorted(SOURCES)))
-@click.option(
-    "--dest",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_CACHE,
-    show_default=True,
-    help="Folder that receives the dataset folders.",
-)
-@click.option("--url", help="Download from this mirror instead.")
-@click.option("--checksum", help="Expected ALGORITHM:HEX of the archive (e.g. sha256:...).")
-@click.option("--force", is_flag=True, help="Replace dataset folders that already exist.")
-def fetch_command(name, dest, url, checksum, force):
-    """Download NAME, verify its checksum and unpack it safely."""
-    try:
-        created = fetch_dataset(name, destination=dest, url=url, checksum=checksum, force=force)
-    except FetchError as error:
-        raise click.ClickException(str(error)) from None
-    for folder in created:
-        summary = resolve_dataset(folder).summary()
-        click.echo(f"{folder}: {summary['identities']} identities, {summary['images']} images")

@@ -4,22 +4,32 @@ Every reader returns an RGB ``uint8`` array of shape ``(height, width, 3)``: gre
 and RGBA inputs are converted, and EXIF orientation is applied first, so that a face
 detector sees the picture the way a person does. Writers never carry metadata (EXIF, GPS,
 ICC comments) and write through a temporary file, so a crash never leaves a half-written
-image under the final name.
+image under the final name. Output files get the permissions the user's umask gives a new
+file (0644 under the usual umask 022), like any file a program creates.
+
+:mod:`faceanon.formats` reads and writes whole documents (every frame, at its own depth) for
+``faceanon anonymize``; this module is the 8-bit RGB reader the benchmark and the methods
+use, and the atomic writer both share.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from faceanon.errors import FaceanonError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".bmp", ".webp"})
 
 
-class ImageReadError(ValueError):
+class ImageReadError(FaceanonError, ValueError):
     """An input file could not be read as an image; the message names the file."""
 
     def __init__(self, path: os.PathLike | str, problem: str):
@@ -53,38 +63,21 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def read_image(path: os.PathLike | str) -> np.ndarray:
-    """Read an image file as RGB ``uint8`` with EXIF orientation applied.
+    """Read an image file's first frame as RGB ``uint8`` with EXIF orientation applied.
+
+    Deeper images (16-bit, float) are scaled to 8 bits, not clipped (see
+    :func:`faceanon.formats.rgb_view`); images above the pixel limit are refused before
+    they are decoded (:func:`faceanon.formats.default_max_pixels`).
 
     Raises
     ------
     ImageReadError
-        When the file is missing, empty, truncated, corrupt or not an image.
+        When the file is missing, empty, truncated, corrupt, not an image, in a format
+        :mod:`faceanon.formats` does not support, or too large.
     """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ImageReadError(path, "file not found") from None
-    if size == 0:
-        raise ImageReadError(path, "file is empty")
-    # face_recognition (and other libraries) switch Pillow's process-wide flag that
-    # silently pads truncated files; a privacy tool must report those, so force it off.
-    lenient = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            upright = ImageOps.exif_transpose(opened)
-            rgb = upright.convert("RGB")
-    except UnidentifiedImageError:
-        raise ImageReadError(path, "not an image (unknown or corrupt format)") from None
-    except Image.DecompressionBombError as error:
-        raise ImageReadError(path, f"refused: too many pixels ({error})") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageReadError(path, f"corrupt or truncated image ({error})") from None
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
-    return np.asarray(rgb, dtype=np.uint8)
+    from faceanon.formats import read_document, rgb_view
+
+    return rgb_view(read_document(path, first_frame_only=True).frames[0])
 
 
 def write_image(path: os.PathLike | str, image: np.ndarray, *, quality: int = 95) -> None:
@@ -94,7 +87,6 @@ def write_image(path: os.PathLike | str, image: np.ndarray, *, quality: int = 95
     complete.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     picture = Image.fromarray(to_rgb(np.asarray(image)))
     suffix = path.suffix.lower()
     options: dict = {}
@@ -102,11 +94,37 @@ def write_image(path: os.PathLike | str, image: np.ndarray, *, quality: int = 95
         options = {"quality": quality, "exif": b""}
     elif suffix == ".webp":
         options = {"quality": quality, "exif": b""}
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=suffix)
+    with atomic_output(path) as handle:
+        picture.save(handle, format=Image.registered_extensions()[suffix], **options)
+
+
+@contextlib.contextmanager
+def atomic_output(path: os.PathLike | str) -> Iterator[BinaryIO]:
+    """Open a hidden temporary file beside ``path``; rename it to ``path`` once complete.
+
+    The temporary file is created with mode 0666 filtered by the process umask, as
+    ``open()`` would create ``path`` itself (``tempfile.mkstemp`` would force 0600, leaving
+    published images unreadable to anyone else). Its content is flushed to disk before the
+    rename, so a crash leaves either the old file or the complete new one under ``path``;
+    any error removes the temporary file and re-raises.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        # ".partial-" and a leading dot: anonymize's folder walk skips hidden files, so a
+        # leftover from a killed run never becomes an input.
+        temporary = path.parent / f".partial-{secrets.token_hex(6)}-{path.name}"
+        try:
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        break
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            picture.save(handle, format=Image.registered_extensions()[suffix], **options)
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from faceanon.detect import hog_model
+from faceanon.errors import FaceanonError
 
 Box = tuple[int, int, int, int]
 
@@ -55,7 +56,7 @@ _BOX_KEYPOINTS = np.array(
 MIN_LANDMARK_BOX = 20
 
 
-class LandmarkError(RuntimeError):
+class LandmarkError(FaceanonError, RuntimeError):
     """Landmarks could not be found for a face box."""
 
 

@@ -3,9 +3,10 @@
 Every method, ad-hoc (blur, pixelate, ...) or generative (k-Same, the GAN), is a
 :class:`Method`: it takes an RGB ``uint8`` image, the face boxes ``(x, y, w, h)``, a
 strength ``k`` and a seeded :class:`numpy.random.Generator`, and returns a new image in
-which only pixels inside the boxes may differ. Methods that need a whole set of faces at once
-(k-Same) override :meth:`Method.anonymize_set`; the benchmark always calls that one, so
-ad-hoc and set-based methods are interchangeable.
+which only pixels inside the boxes may differ. A method that needs a whole set of faces at
+once (k-Same) says so with ``needs_set = True`` and implements
+:meth:`Method.anonymize_set`; the benchmark and the command line then hand it each set in
+one call, and every other method one image at a time (in parallel).
 
 Third-party packages add methods through the ``faceanon.methods`` entry-point group; the
 entry point's name is the method name and its object a :class:`Method` subclass.
@@ -15,18 +16,21 @@ from __future__ import annotations
 
 import abc
 import importlib
+import warnings
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import ClassVar
 
 import numpy as np
 
+from faceanon.errors import FaceanonError
+
 Box = tuple[int, int, int, int]
 
 ENTRY_POINT_GROUP = "faceanon.methods"
 
 
-class MethodError(ValueError):
+class MethodError(FaceanonError, ValueError):
     """A method was asked for something it cannot do (unknown name, bad k, set too small)."""
 
 
@@ -47,6 +51,12 @@ class Method(abc.ABC):
     ``stronger``
         ``"higher"`` when a larger ``k`` hides more, ``"lower"`` when a smaller one does,
         ``"none"`` when ``k`` is ignored.
+    ``needs_set``
+        ``True`` when an image can only be anonymized together with the rest of its set
+        (k-Same averages faces across it): callers then pass each set to
+        :meth:`anonymize_set` in one call, with one generator for the set, and cannot
+        re-create a single image on its own. ``False`` (the default) when each image is
+        anonymized on its own, even if :meth:`anonymize_set` is overridden to batch work.
     """
 
     name: ClassVar[str]
@@ -54,6 +64,7 @@ class Method(abc.ABC):
     k_range: ClassVar[tuple[int, int | None] | None]
     neutral_k: ClassVar[int | None] = None
     stronger: ClassVar[str] = "higher"
+    needs_set: ClassVar[bool] = False
 
     @property
     def uses_k(self) -> bool:
@@ -107,7 +118,44 @@ class Method(abc.ABC):
             "k_range": self.k_range,
             "neutral_k": self.neutral_k,
             "stronger": self.stronger,
+            "needs_set": needs_whole_set(self),
         }
+
+
+_WARNED_UNDECLARED: set[type] = set()
+
+
+def needs_whole_set(method: Method) -> bool:
+    """Whether ``method`` must be given each set of images in one call.
+
+    The method's :attr:`Method.needs_set`, when its class (or a base other than
+    :class:`Method`) declares it. A class that overrides :meth:`Method.anonymize_set`
+    without declaring it is judged the old way, as needing the set, with a
+    ``DeprecationWarning`` (once per class): that guess treats a method that overrides it
+    only to batch work as k-Same (serial, one generator for the set, no pictures).
+
+    Parameters
+    ----------
+    method : Method
+
+    Returns
+    -------
+    bool
+    """
+    cls = type(method)
+    if any("needs_set" in vars(base) for base in cls.__mro__ if base is not Method):
+        return bool(cls.needs_set)
+    overridden = cls.anonymize_set is not Method.anonymize_set
+    if overridden and cls not in _WARNED_UNDECLARED:
+        _WARNED_UNDECLARED.add(cls)
+        warnings.warn(
+            f"method {cls.__module__}.{cls.__qualname__} overrides anonymize_set but does "
+            "not declare needs_set; it is treated as needing the whole set. Declare "
+            "needs_set = True (or False when anonymize_set only batches work).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+    return overridden
 
 
 # Built-in methods are named by import path so that listing them imports nothing heavy

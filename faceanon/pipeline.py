@@ -14,40 +14,32 @@ possible and on every core:
   embeddings, never images, so memory stays bounded however large the dataset.
 - Distances are one numpy matrix per case, written to DuckDB in one bulk insert.
 
-Recognition modes (Newton, Sweeney and Malin 2005):
-
-``clear``    gallery originals, probes originals (the baseline)
-``naive``    gallery originals, probes anonymized
-``reverse``  gallery anonymized, probes originals
-``parrot``   gallery anonymized, probes anonymized
+Recognition modes, cases and the per-image seed rule are defined in
+:mod:`faceanon.protocol`; this module only runs them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from faceanon.datasets import Dataset, Sample, Split
+from faceanon.errors import FaceanonError
 from faceanon.imageio import read_image
-from faceanon.methods import Method, get_method
+from faceanon.methods import Method, get_method, needs_whole_set
+from faceanon.protocol import Case, OnMiss, Variant, image_rng, set_rng
 from faceanon.recognition import Encoding, distance_matrix, get_backend, image_sha256
 
-MODES = ("clear", "naive", "reverse", "parrot")
-#: Which side of each mode sees anonymized images: (gallery, probes).
-MODE_SIDES = {
-    "clear": (False, False),
-    "naive": (False, True),
-    "reverse": (True, False),
-    "parrot": (True, True),
-}
+
+class EvaluationError(FaceanonError, ValueError):
+    """The evaluation was set up in a way that cannot measure what it should."""
 
 
 @dataclass(frozen=True)
@@ -59,10 +51,22 @@ class Settings:
     detector: str = "hog"
     region: str = "face"
     margin: float = 0.0
-    #: What gets anonymized when the detector finds no face in an original: "whole" (the
-    #: whole image, as a careful publisher would) or "none" (published as it is).
-    on_miss: str = "whole"
+    #: What gets anonymized when the detector finds no face in an original. Only
+    #: ``whole`` can be measured: every probe needs an anonymized image to be searched with.
+    on_miss: OnMiss = OnMiss.WHOLE
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        try:
+            on_miss = OnMiss(self.on_miss)
+        except ValueError:
+            on_miss = None
+        if on_miss is not OnMiss.WHOLE:
+            raise EvaluationError(
+                f"on_miss={self.on_miss!r} cannot be measured: every image needs an "
+                "anonymized version, so an image without a face is anonymized whole"
+            )
+        object.__setattr__(self, "on_miss", on_miss)
 
     def as_dict(self) -> dict:
         return {
@@ -71,7 +75,7 @@ class Settings:
             "detector": self.detector,
             "region": self.region,
             "margin": self.margin,
-            "on_miss": self.on_miss,
+            "on_miss": self.on_miss.value,
             "seed": self.seed,
         }
 
@@ -85,19 +89,21 @@ class Encoded:
     encoding: Encoding
     anonymize_seconds: float = 0.0
     encode_seconds: float = 0.0
-    region_found: bool = True
     boxes: tuple = ()
 
 
-def image_rng(seed: int, method: str, k: int | None, key: str) -> np.random.Generator:
-    """A generator that depends only on (seed, method, k, image), not on order or worker."""
-    digest = hashlib.sha256(f"{seed}\x1f{method}\x1f{k}\x1f{key}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+@dataclass(frozen=True)
+class CaseResult:
+    """What :meth:`Evaluation.run_case` stored, and what the images of the case cost.
 
+    ``per_image`` maps ``"anonymize"`` and ``"recognize"`` to seconds per image (only
+    images that were really anonymized or encoded in this run: cached embeddings cost
+    nothing and are left out).
+    """
 
-def is_set_method(method: Method) -> bool:
-    """True when a method needs the whole set at once (k-Same)."""
-    return type(method).anonymize_set is not Method.anonymize_set
+    case_id: int
+    case: Case
+    per_image: dict[str, list[float]]
 
 
 # --- worker side -------------------------------------------------------------------------
@@ -134,7 +140,8 @@ class DecodedImages:
 _WORKER: dict = {}
 
 
-def _init_worker(settings: Settings, known: frozenset[str]) -> None:
+def _init_worker(settings: Settings, known: frozenset[str],
+                 methods: Mapping[str, Method]) -> None:
     import cv2
 
     # dlib is single-threaded and we run one worker per core; OpenCV's own threads
@@ -144,21 +151,22 @@ def _init_worker(settings: Settings, known: frozenset[str]) -> None:
     _WORKER["settings"] = settings
     _WORKER["backend"] = get_backend(settings.backend, **settings.backend_options)
     _WORKER["known"] = known
-    _WORKER["methods"] = {}
+    _WORKER["methods"] = dict(methods)
     _WORKER["images"] = DecodedImages(budget_bytes=IMAGE_CACHE_BYTES)
 
 
-def _regions(image: np.ndarray, settings: Settings) -> tuple[list, bool]:
-    from faceanon.detect import find_regions
+def _worker_method(name: str) -> Method:
+    methods = _WORKER["methods"]
+    if name not in methods:  # a variant nobody planned: made here, by name
+        methods[name] = get_method(name)
+    return methods[name]
 
-    boxes = find_regions(
-        image, detector=settings.detector, region=settings.region, margin=settings.margin
-    )
-    if boxes:
-        return [tuple(int(v) for v in b) for b in boxes], True
-    if settings.on_miss == "whole":
-        return [(0, 0, image.shape[1], image.shape[0])], False
-    return [], False
+
+def _regions(image: np.ndarray, settings: Settings) -> tuple:
+    from faceanon.detect import anonymization_regions
+
+    return anonymization_regions(image, detector=settings.detector, region=settings.region,
+                                 margin=settings.margin, on_miss=settings.on_miss).boxes
 
 
 def _encode(key: str, image: np.ndarray, anonymize_seconds: float = 0.0, **extra) -> Encoded:
@@ -175,20 +183,18 @@ def _original_task(task: tuple[str, str]) -> Encoded:
     key, path = task
     settings = _WORKER["settings"]
     image = _WORKER["images"].read(path)
-    boxes, found = _regions(image, settings)
-    return _encode(key, image, region_found=found, boxes=tuple(boxes))
+    return _encode(key, image, boxes=_regions(image, settings))
 
 
-def _variant_task(task: tuple[str, str, tuple, str, int | None]) -> Encoded:
-    key, path, boxes, method_name, k = task
+def _variant_task(task: tuple[str, str, tuple, Variant]) -> Encoded:
+    key, path, boxes, variant = task
     settings = _WORKER["settings"]
-    methods = _WORKER["methods"]
-    if method_name not in methods:
-        methods[method_name] = get_method(method_name)
+    method = _worker_method(variant.method)
     image = _WORKER["images"].read(path)
     start = time.perf_counter()
-    anonymized = methods[method_name].anonymize(
-        image, list(boxes), k=k, rng=image_rng(settings.seed, method_name, k, key)
+    anonymized = method.anonymize(
+        image, list(boxes), k=variant.k,
+        rng=image_rng(settings.seed, variant.method, variant.k, key),
     )
     return _encode(key, anonymized, time.perf_counter() - start)
 
@@ -217,6 +223,11 @@ class Evaluation:
     workers : int, optional
         Worker processes; default one per core. ``1`` runs everything in this process
         (the serial path, used to check that the parallel one gives the same scores).
+    methods : mapping of str to Method, optional
+        Method objects to use by name (e.g. made with options); any other method is made
+        by :func:`faceanon.methods.get_method` the first time it is needed. Each method
+        is made once per evaluation; the methods known when the worker pool starts
+        (:meth:`plan` says which) are copied to every worker once.
     """
 
     def __init__(
@@ -229,6 +240,7 @@ class Evaluation:
         settings: Settings | None = None,
         workers: int | None = None,
         chunksize: int = 8,
+        methods: Mapping[str, Method] | None = None,
     ):
         self.dataset = dataset
         self.split = split
@@ -239,16 +251,27 @@ class Evaluation:
         self.chunksize = chunksize
         self.backend = get_backend(self.settings.backend, **self.settings.backend_options)
         self.samples: dict[str, Sample] = {s.key: s for s in (*split.gallery, *split.probes)}
+        self._methods: dict[str, Method] = dict(methods or {})
         self._originals: dict[str, Encoded] | None = None
-        self._variants: dict[tuple[str, int | None], dict[str, Encoded]] = {}
-        self._plan: list[tuple[str, int | None]] = []
-        self._pending: dict[tuple[str, int | None], Iterator[Encoded]] = {}
+        self._variants: dict[Variant, dict[str, Encoded]] = {}
+        self._plan: list[Variant] = []
+        self._pending: dict[Variant, Iterator[Encoded]] = {}
         self._pool: ProcessPoolExecutor | None = None
+
+    def method(self, name: str) -> Method:
+        """The method called ``name``, made on first use and kept for the evaluation."""
+        if name not in self._methods:
+            self._methods[name] = get_method(name)
+        return self._methods[name]
+
+    def canonical(self, variant: Variant) -> Variant:
+        """``variant`` with its ``k`` checked by its method (None for methods without k)."""
+        return Variant(variant.method, self.method(variant.method).check_k(variant.k))
 
     # The pool is made lazily and reused across cases so models load once per worker.
     def _map(self, function, tasks: Sequence) -> Iterator[Encoded]:
         if self.workers <= 1 or len(tasks) < 2:
-            _init_worker(self.settings, self._known_keys())
+            _init_worker(self.settings, self._known_keys(), self._methods)
             return map(function, tasks)
         # Workers keep the cache snapshot they started with; a stale snapshot only costs a
         # re-encode, never a wrong result, because keys are pixel hashes.
@@ -257,7 +280,7 @@ class Evaluation:
             context = multiprocessing.get_context("forkserver")
             self._pool = ProcessPoolExecutor(
                 self.workers, mp_context=context, initializer=_init_worker,
-                initargs=(self.settings, known),
+                initargs=(self.settings, known, dict(self._methods)),
             )
         return self._pool.map(function, tasks, chunksize=self.chunksize)
 
@@ -275,8 +298,8 @@ class Evaluation:
     def __exit__(self, *exc):
         self.close()
 
-    def _finish(self, results: Iterable[Encoded], *, role: str, method: str | None,
-                k: int | None) -> dict[str, Encoded]:
+    def _finish(self, results: Iterable[Encoded], *, role: str,
+                variant: Variant | None) -> dict[str, Encoded]:
         results = list(results)
         missing = [r.sha256 for r in results if r.encoding.faces_found < 0]
         cached = self.db.cached_embeddings(self.backend.name, missing) if missing else {}
@@ -299,8 +322,8 @@ class Evaluation:
             {
                 "key": [r.key for r in results],
                 "role": [role] * len(results),
-                "method": [method] * len(results),
-                "k": [k] * len(results),
+                "method": [None if variant is None else variant.method] * len(results),
+                "k": [None if variant is None else variant.k] * len(results),
                 "sha256": [r.sha256 for r in results],
                 "acquired": [r.encoding.acquired for r in results],
                 "faces_found": [r.encoding.faces_found for r in results],
@@ -314,55 +337,56 @@ class Evaluation:
         if self._originals is None:
             tasks = [(key, str(self.dataset.path(s))) for key, s in self.samples.items()]
             results = self._map(_original_task, tasks)
-            self._originals = self._finish(results, role="original", method=None, k=None)
+            self._originals = self._finish(results, role="original", variant=None)
         return self._originals
 
-    def plan(self, variants: Iterable[tuple[str, int | None]]) -> None:
-        """Say which (method, k) variants will be asked for, in order.
+    def plan(self, cases: Iterable[Case | Variant]) -> None:
+        """Say which cases (or variants) will be asked for, in order.
 
-        While the results of one variant are being stored and compared, the workers
+        Their methods are made now, so that the worker pool starts with all of them; and
+        while the results of one variant are being stored and compared, the workers
         already anonymize and encode the next one instead of waiting.
         """
-        self._plan = list(dict.fromkeys(
-            (name, get_method(name).check_k(k)) for name, k in variants))
+        variants = (c.variant if isinstance(c, Case) else c for c in cases)
+        self._plan = list(dict.fromkeys(self.canonical(v) for v in variants if v is not None))
 
-    def _start_variant(self, method_name: str, k: int | None) -> Iterator[Encoded]:
-        method = get_method(method_name)
-        if is_set_method(method):
-            return self._map(_array_task, self._anonymize_sets(method, method_name, k))
+    def _start_variant(self, variant: Variant) -> Iterator[Encoded]:
+        method = self.method(variant.method)
+        if needs_whole_set(method):
+            return self._map(_array_task, self._anonymize_sets(method, variant))
         originals = self.originals()
         tasks = [
-            (key, str(self.dataset.path(s)), originals[key].boxes, method_name, k)
+            (key, str(self.dataset.path(s)), originals[key].boxes, variant)
             for key, s in self.samples.items()
         ]
         return self._map(_variant_task, tasks)
 
-    def _prefetch_after(self, current: tuple[str, int | None]) -> None:
+    def _prefetch_after(self, current: Variant) -> None:
         if current not in self._plan or self.workers <= 1:
             return
         following = self._plan[self._plan.index(current) + 1 :]
         if not following or following[0] in self._pending:
             return
-        name, k = following[0]
+        upcoming = following[0]
         # Set methods anonymize in this process; starting them early would only block.
-        if not is_set_method(get_method(name)):
-            self._pending[following[0]] = self._start_variant(name, k)
+        if not needs_whole_set(self.method(upcoming.method)):
+            self._pending[upcoming] = self._start_variant(upcoming)
 
-    def variant(self, method_name: str, k: int | None) -> dict[str, Encoded]:
-        """Anonymize every image with (method, k) once, and encode the results."""
-        k = get_method(method_name).check_k(k)
-        if (method_name, k) in self._variants:
-            return self._variants[(method_name, k)]
+    def variant(self, variant: Variant) -> dict[str, Encoded]:
+        """Anonymize every image with ``variant`` once, and encode the results."""
+        variant = self.canonical(variant)
+        if variant in self._variants:
+            return self._variants[variant]
         self.originals()
-        results = self._pending.pop((method_name, k), None)
+        results = self._pending.pop(variant, None)
         if results is None:
-            results = self._start_variant(method_name, k)
-        self._prefetch_after((method_name, k))
-        encoded = self._finish(results, role="anonymized", method=method_name, k=k)
-        self._variants = {(method_name, k): encoded}  # keep one variant: bounded memory
+            results = self._start_variant(variant)
+        self._prefetch_after(variant)
+        encoded = self._finish(results, role="anonymized", variant=variant)
+        self._variants = {variant: encoded}  # keep one variant: bounded memory
         return encoded
 
-    def _anonymize_sets(self, method: Method, method_name: str, k: int | None) -> list:
+    def _anonymize_sets(self, method: Method, variant: Variant) -> list:
         # A set method sees the gallery and the probes as two separate sets, as a
         # publisher would de-identify one collection at a time.
         originals = self.originals()
@@ -370,29 +394,33 @@ class Evaluation:
         for group in (self.split.gallery, self.split.probes):
             images = [read_image(self.dataset.path(s)) for s in group]
             boxes = [list(originals[s.key].boxes) for s in group]
-            rng = image_rng(self.settings.seed, method_name, k, "|".join(s.key for s in group))
+            rng = set_rng(self.settings.seed, variant.method, variant.k, [s.key for s in group])
             start = time.perf_counter()
-            anonymized = method.anonymize_set(images, boxes, k=k, rng=rng)
+            anonymized = method.anonymize_set(images, boxes, k=variant.k, rng=rng)
             per_image = (time.perf_counter() - start) / max(1, len(group))
             tasks.extend((s.key, a, per_image) for s, a in zip(group, anonymized, strict=True))
         return tasks
 
-    def run_case(self, method_name: str | None, k: int | None, mode: str) -> tuple[int, dict]:
+    def run_case(self, case: Case) -> CaseResult:
         """Compare every probe with every gallery image for one case and store the scores.
 
-        Returns the case id and timing figures (seconds per image).
+        Parameters
+        ----------
+        case : Case
+            The case to measure; its ``k`` is checked by its method first.
+
+        Returns
+        -------
+        CaseResult
+            The stored case's id, the case with its ``k`` as checked by its method, and
+            the seconds per image it took to anonymize and encode.
         """
-        if mode not in MODE_SIDES:
-            raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
-        if (mode == "clear") != (method_name is None):
-            raise ValueError("the clear mode takes no method, and every other mode needs one")
         originals = self.originals()
-        anonymized = self.variant(method_name, k) if method_name else originals
-        if method_name:
-            k = get_method(method_name).check_k(k)
-        gallery_anonymized, probes_anonymized = MODE_SIDES[mode]
-        gallery_side = anonymized if gallery_anonymized else originals
-        probe_side = anonymized if probes_anonymized else originals
+        variant = None if case.variant is None else self.canonical(case.variant)
+        anonymized = originals if variant is None else self.variant(variant)
+        case = Case(case.method, None if variant is None else variant.k, case.mode)
+        gallery_side = anonymized if case.mode.gallery_anonymized else originals
+        probe_side = anonymized if case.mode.probes_anonymized else originals
         gallery, probes = self.split.gallery, self.split.probes
         distances = distance_matrix(
             [probe_side[p.key].encoding.embedding for p in probes],
@@ -403,9 +431,9 @@ class Evaluation:
         mated = probe_ids[:, None] == gallery_ids[None, :]
         case_id = self.db.add_case(
             self.run_id,
-            method=method_name or "none",
-            k=k,
-            mode=mode,
+            method=case.stored_method,
+            k=case.k,
+            mode=case.mode.value,
             detector=self.settings.detector,
             backend=self.backend.name,
             options={"region": self.settings.region, "margin": self.settings.margin},
@@ -421,8 +449,9 @@ class Evaluation:
             gallery_enrolled=np.tile([gallery_side[g.key].encoding.acquired for g in gallery], n_p),
         )
         used = [*(probe_side[p.key] for p in probes), *(gallery_side[g.key] for g in gallery)]
-        timing = {
-            "anonymize": [r.anonymize_seconds for r in anonymized.values()] if method_name else [],
+        per_image = {
+            "anonymize": [] if variant is None else [r.anonymize_seconds
+                                                     for r in anonymized.values()],
             "recognize": [r.encode_seconds for r in used if r.encode_seconds > 0],
         }
-        return case_id, timing
+        return CaseResult(case_id, case, per_image)

@@ -37,7 +37,9 @@ older version upgrades it in place, in one transaction (see ``_MIGRATIONS``); a 
 of a newer version is refused with a message that says what to do. A database is never
 read with definitions it was not written for.
 
-The ``faceanon runs`` command group (:data:`runs_command`) lists, shows and deletes runs.
+The report and the benchmark read through :class:`ResultsDB`'s methods, never with SQL
+of their own, so the tables can change behind them. ``faceanon runs`` lives in
+:mod:`faceanon.cli.runs`.
 """
 
 from __future__ import annotations
@@ -60,19 +62,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import click
 import duckdb
 import numpy as np
 import pyarrow as pa
 
+from faceanon.errors import FaceanonError
+from faceanon.protocol import DECISION_THRESHOLD, MODES
+
 DEFAULT_DB = "results.duckdb"
-#: Decision threshold of a run when none is given: face_recognition's tolerance.
-DEFAULT_THRESHOLD = 0.6
+#: Decision threshold of a run when none is given (:data:`faceanon.protocol.DECISION_THRESHOLD`).
+DEFAULT_THRESHOLD = DECISION_THRESHOLD
 #: The schema version this faceanon writes and reads (``schema.sql``).
 SCHEMA_VERSION = 2
 RUN_STATUSES = ("running", "complete", "failed", "interrupted", "crashed")
 FINAL_STATUSES = ("complete", "failed", "interrupted")
-MODES = ("clear", "naive", "reverse", "parrot")
 IMAGE_COLUMNS = ("key", "role", "method", "k", "sha256", "acquired", "faces_found", "backend")
 TIMING_COLUMNS = ("name", "min", "max", "median", "mean", "stddev", "rounds", "unit")
 SCORE_COLUMNS = ("probe", "gallery", "mated", "distance", "probe_acquired", "gallery_enrolled")
@@ -97,11 +100,10 @@ __all__ = [
     "dlib_model_fingerprint",
     "model_fingerprint",
     "run_is_abandoned",
-    "runs_command",
 ]
 
 
-class StoreError(RuntimeError):
+class StoreError(FaceanonError, RuntimeError):
     """The results database cannot be opened, read or written as asked."""
 
 
@@ -1274,115 +1276,168 @@ class ResultsDB:
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
+    # -- queries of the report and the benchmark ---------------------------------------
+    #
+    # Everything the report and the benchmark read goes through these methods, so that
+    # no SQL lives outside this module and the schema and view files.
 
-# -- command line ------------------------------------------------------------------------
+    def one_case_metrics(self, case_id: int) -> dict:
+        """The row of :meth:`case_metrics` of one case, computed for that case alone.
 
-_db_option = click.option(
-    "--db", "db_path", default=DEFAULT_DB, show_default=True,
-    type=click.Path(dir_okay=False), help="Results database.",
-)
+        Parameters
+        ----------
+        case_id : int
+            A case of any run.
 
+        Returns
+        -------
+        dict
 
-def _open(db_path: str, *, read_only: bool) -> ResultsDB:
-    try:
-        return ResultsDB(db_path, read_only=read_only)
-    except (FileNotFoundError, StoreError) as error:
-        raise click.ClickException(str(error)) from error
+        Raises
+        ------
+        KeyError
+            When there is no such case.
+        """
+        rows = self._dicts(
+            """SELECT c.run_id, c.method, c.k, c.mode, c.detector, c.backend, m.*
+               FROM case_metrics m JOIN cases c ON c.id = m.case_id
+               WHERE m.case_id = $case_id""",
+            {"case_id": case_id}, views=True,
+        )
+        if not rows:
+            raise KeyError(f"no case {case_id}")
+        return rows[0]
 
+    def per_image_timings(self, run_id: int) -> dict[tuple[int, str], float]:
+        """Mean seconds per image of every timed step of a run's cases.
 
-def _iso(value: Any) -> Any:
-    return value.isoformat(sep=" ", timespec="seconds") if isinstance(value, datetime) else value
+        Parameters
+        ----------
+        run_id : int
+            The run whose cases' timings are read.
 
+        Returns
+        -------
+        dict
+            ``(case_id, name) -> mean`` for the timings whose unit is
+            ``'seconds per image'`` (``name``: ``'anonymize'``, ``'recognize'``).
+        """
+        with self._connect() as con:
+            rows = con.execute(
+                """SELECT t.case_id, t.name, t.mean FROM timings t
+                   JOIN cases c ON c.id = t.case_id
+                   WHERE c.run_id = ? AND t.unit = 'seconds per image'""", [run_id]).fetchall()
+        return {(int(case), name): mean for case, name, mean in rows}
 
-@click.group("runs")
-def runs_command():
-    """List, show and delete benchmark runs in the results database."""
+    def mated_acquired(self, run_id: int) -> dict[int, int]:
+        """Per case of a run, how many mated comparisons have a distance (both faces found).
 
+        Parameters
+        ----------
+        run_id : int
+            The run whose comparisons are counted.
 
-@runs_command.command("list")
-@_db_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def list_runs(db_path: str, as_json: bool):
-    """List the runs, newest first."""
-    with _open(db_path, read_only=True) as db:
-        rows = db.runs()
-    if as_json:
-        click.echo(json.dumps([{k: _iso(v) for k, v in r.items()} for r in rows], indent=2))
-        return
-    if not rows:
-        click.echo("no runs")
-        return
-    header = ("id", "status", "started", "finished", "dataset", "cases", "scores",
-              "commit", "name")
-    table = [header] + [
-        (str(r["id"]), r["status"], _iso(r["started"]) or "", _iso(r["finished"]) or "",
-         r["dataset_name"], str(r["n_cases"]), str(r["n_scores"]),
-         (r["git_commit"] or "")[:10] + ("+" if r["git_dirty"] else ""), r["name"] or "")
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
-                   .rstrip())
+        Returns
+        -------
+        dict
+            ``case_id -> count``; cases without scores are absent.
+        """
+        with self._connect() as con:
+            rows = con.execute(
+                """SELECT s.case_id, count(s.distance) FILTER (WHERE s.mated)
+                   FROM scores s JOIN cases c ON c.id = s.case_id
+                   WHERE c.run_id = ? GROUP BY s.case_id""", [run_id]).fetchall()
+        return {int(case): int(count) for case, count in rows}
 
+    def det_points(self, run_id: int) -> dict[int, dict[str, np.ndarray]]:
+        """The classic DET curve (the ``det_curve`` view) of every case of a run.
 
-@runs_command.command("show")
-@click.argument("run_id", type=int)
-@_db_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def show_run(run_id: int, db_path: str, as_json: bool):
-    """Show one run: its metadata and the metrics of each case."""
-    with _open(db_path, read_only=True) as db:
-        try:
-            run = db.run(run_id)
-        except KeyError as error:
-            raise click.ClickException(f"no run {run_id} in {db_path}") from error
-        cases = db.case_metrics(run_id=run_id)
-    if as_json:
-        click.echo(json.dumps({"run": {k: _iso(v) for k, v in run.items()}, "cases": cases},
-                              indent=2, default=str))
-        return
-    for key, value in run.items():
-        if isinstance(value, dict):
-            value = json.dumps(value, sort_keys=True)
-        click.echo(f"{key}: {_iso(value)}")
-    if not cases:
-        return
-    click.echo("")
+        Parameters
+        ----------
+        run_id : int
+            The run whose curves are read.
 
-    def fmt(value: Any) -> str:
-        if value is None:
-            return "-"
-        return f"{value:.3f}" if isinstance(value, float) else str(value)
+        Returns
+        -------
+        dict
+            ``case_id -> {'fmr': ndarray, 'fnmr': ndarray}``, ordered by threshold; an
+            undefined rate is NaN.
+        """
+        with self._connect(views=True) as con:
+            data = con.execute(
+                """SELECT d.case_id, d.fmr, d.fnmr FROM det_curve d
+                   JOIN cases c ON c.id = d.case_id
+                   WHERE c.run_id = ? ORDER BY d.case_id, d.threshold""",
+                [run_id]).fetchnumpy()
+        cases = np.asarray(data["case_id"])
+        fmr = np.ma.filled(np.ma.asarray(data["fmr"], dtype=np.float64), np.nan)
+        fnmr = np.ma.filled(np.ma.asarray(data["fnmr"], dtype=np.float64), np.nan)
+        out: dict[int, dict[str, np.ndarray]] = {}
+        if cases.size == 0:
+            return out
+        starts = np.flatnonzero(np.r_[True, cases[1:] != cases[:-1]])
+        ends = np.r_[starts[1:], cases.size]
+        for start, end in zip(starts, ends, strict=True):
+            out[int(cases[start])] = {"fmr": fmr[start:end], "fnmr": fnmr[start:end]}
+        return out
 
-    cols = ("case_id", "method", "k", "mode", "detector", "backend", "n_acquired", "fta",
-            "eer", "geer", "tar_at_fmr_1pct_all", "rank1")
-    table = [cols] + [tuple(fmt(c[col]) for col in cols) for c in cases]
-    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    for row in table:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
-                   .rstrip())
+    def confusion(self, run_id: int, *, threshold: float) -> list[dict]:
+        """The ``confusion`` view's rows of a run's cases at one threshold.
 
+        Parameters
+        ----------
+        run_id : int
+            The run whose matrices are read.
+        threshold : float
+            The decision threshold or one of :meth:`confusion_thresholds` (matched to
+            within 1e-12).
 
-@runs_command.command("delete")
-@click.argument("run_id", type=int)
-@_db_option
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def delete_run(run_id: int, db_path: str, yes: bool):
-    """Delete a run with its cases, scores, images and timings (the embedding cache stays)."""
-    if not Path(db_path).exists():
-        raise click.ClickException(f"no results database at {db_path}")
-    with _open(db_path, read_only=False) as db:
-        try:
-            run = db.run(run_id)
-        except KeyError as error:
-            raise click.ClickException(f"no run {run_id} in {db_path}") from error
-        if not yes:
-            click.confirm(
-                f"delete run {run_id} ({run['status']}, {run['n_cases']} cases, "
-                f"{run['n_scores']} scores)?", abort=True)
-        try:
-            db.delete_run(run_id)
-        except StoreError as error:
-            raise click.ClickException(str(error)) from error
-    click.echo(f"deleted run {run_id}")
+        Returns
+        -------
+        list of dict
+            Every column of the ``confusion`` view, for both scopes.
+        """
+        return self._dicts(
+            """SELECT f.* FROM confusion f JOIN cases c ON c.id = f.case_id
+               WHERE c.run_id = $run AND abs(f.threshold - $threshold) < 1e-12""",
+            {"run": run_id, "threshold": threshold}, views=True,
+        )
+
+    def probe_keys(self, run_id: int) -> list[tuple[str, bool]]:
+        """The probes a run searched, with whether the recognizer found their face.
+
+        Every case of a run searches the same probes, so its first case lists them.
+
+        Parameters
+        ----------
+        run_id : int
+            The run whose probes are listed.
+
+        Returns
+        -------
+        list of (str, bool)
+            ``(key, acquired)``, the probes whose original was acquired first, then by key.
+        """
+        with self._connect() as con:
+            rows = con.execute(
+                """WITH first AS (SELECT min(id) AS id FROM cases WHERE run_id = $run)
+                   SELECT s.probe, bool_or(coalesce(i.acquired, false)) AS acquired
+                   FROM scores s JOIN first f ON s.case_id = f.id
+                   LEFT JOIN images i ON i.run_id = $run AND i.key = s.probe
+                                     AND i.role = 'original'
+                   GROUP BY s.probe ORDER BY acquired DESC, s.probe""",
+                {"run": run_id}).fetchall()
+        return [(str(key), bool(acquired)) for key, acquired in rows]
+
+    def embedding_counts(self) -> tuple[int, int]:
+        """How many images the embedding cache holds, and in how many no face was found.
+
+        Returns
+        -------
+        (int, int)
+        """
+        with self._connect() as con:
+            total, faceless = con.execute(
+                "SELECT count(*), count(*) FILTER (WHERE embedding IS NULL) FROM embeddings"
+            ).fetchall()[0]
+        return int(total), int(faceless)

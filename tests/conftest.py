@@ -6,7 +6,10 @@ When it is unset the tests are skipped with a reason, unless ``FACEANON_REQUIRE_
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -41,3 +44,17 @@ def lfw_singletons() -> Dataset:
 @pytest.fixture(scope="session")
 def orl() -> Dataset:
     return _require_dataset("orl")
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A local HTTP server: ``(folder it serves, base URL)``."""
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()

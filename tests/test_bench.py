@@ -1,41 +1,61 @@
-"""The benchmark suite as its users run it: selection with -k, runs, interruption, bounds."""
+"""The benchmark as its users run it: the plugin, selection with -k, runs, interruption,
+bounds, first runs without data, another project's method, and speed comparisons.
+
+Each run is a separate pytest process started with ``python -P``, so that it imports the
+installed faceanon, never this checkout.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import duckdb
 import pytest
+from archives import GOOD, make_archive
 
-from bench.conftest import check_bounds
-from bench.grids import case_id, cases
+from faceanon.benchmark.bounds import BoundsError, check_bounds, load_bounds
+from faceanon.benchmark.grids import cases, variants
 
 ROOT = Path(__file__).resolve().parent.parent
+BENCH_TESTS = ROOT / "bench" / "test_faceanon.py"
 
 
-def run_bench(tmp_path, *args, plugin: str | None = None):
-    command = [sys.executable, "-m", "pytest", "bench", "-q", "-p", "no:cacheprovider",
-               "--bench-identities", "4", "--bench-db", str(tmp_path / "r.duckdb"), *args]
-    env = dict(os.environ)
-    if plugin:
-        (tmp_path / "interrupter.py").write_text(plugin)
-        env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env.get('PYTHONPATH', '')}"
-        command += ["-p", "interrupter"]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+def pytest_run(cwd: Path, *args, env: dict | None = None, plugins: dict | None = None,
+               tmp_path: Path):
+    """Run pytest in a fresh process; ``plugins`` (name -> source) are loaded with -p."""
+    command = [sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+    environment = {**os.environ, **(env or {})}
+    for name, source in (plugins or {}).items():
+        (tmp_path / f"{name}.py").write_text(source)
+        command += ["-p", name]
+    if plugins:
+        environment["PYTHONPATH"] = os.pathsep.join(
+            [str(tmp_path), environment.get("PYTHONPATH", "")])
+    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True,
                           timeout=600)
 
 
-def test_case_ids_are_readable_and_selectable():
-    ids = [case_id(*c) for c in cases("paper")]
-    assert "pixelate-k16-naive" not in ids and "pixelate-k10-naive" in ids
-    assert ids[0] == "clear" and "blackout-parrot" in ids and "blur-k90-reverse" in ids
-    assert len(ids) == len(set(ids))
-    assert all(c[2] == "reverse" for c in cases("smoke", modes=["reverse"]))
+def run_bench(tmp_path, *args, **kwargs):
+    return pytest_run(ROOT, "bench", "--bench-identities", "4",
+                      "--bench-db", str(tmp_path / "r.duckdb"), *args, tmp_path=tmp_path,
+                      **kwargs)
+
+
+def test_case_labels_are_readable_and_selectable():
+    labels = [c.label for c in cases("paper")]
+    assert "pixelate-k16-naive" not in labels and "pixelate-k10-naive" in labels
+    assert labels[0] == "clear" and "blackout-parrot" in labels and "blur-k90-reverse" in labels
+    assert len(labels) == len(set(labels))
+    assert all(c.mode == "reverse" for c in cases("smoke", modes=["reverse"]))
     selected = cases("paper", methods=["noise"], ks=[5, 90])
-    assert {c[1] for c in selected if c[0] == "noise"} == {5, 90}
+    assert {c.k for c in selected if c.method == "noise"} == {5, 90}
+    assert [v.label for v in variants("smoke", methods=["blur", "mask"])] == [
+        "blur-k15", "blur-k90", "mask"]
 
 
 def test_k_selection_writes_only_those_cases(lfw, tmp_path):
@@ -44,11 +64,19 @@ def test_k_selection_writes_only_those_cases(lfw, tmp_path):
     with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as con:
         methods = {m for (m,) in con.execute("SELECT DISTINCT method FROM cases").fetchall()}
         status = con.execute("SELECT status FROM runs").fetchall()
-        timings = con.execute("SELECT count(DISTINCT name) FROM timings").fetchall()[0][0]
+        names = dict(con.execute("SELECT name, any_value(unit) FROM timings GROUP BY name")
+                     .fetchall())
+        walls = con.execute("SELECT count(*), min(mean) FROM timings "
+                            "WHERE name = 'case_wall_time'").fetchall()[0]
     assert methods == {"pixelate"}
     assert status == [("complete",)]
-    assert timings >= 2
+    assert names == {"anonymize": "seconds per image", "recognize": "seconds per image",
+                     "case_wall_time": "seconds per case"}
+    assert walls[0] == 6 and walls[1] > 0, "every case stores its own wall time"
     assert "pixelate" in result.stdout and "rank1%" in result.stdout
+    # pytest-benchmark timed the anonymization of the selected variants, not the cases.
+    assert "test_anonymize_speed[pixelate-k10]" in result.stdout
+    assert "test_encode_speed" not in result.stdout  # not selected by -k pixelate
 
 
 INTERRUPT = '''
@@ -62,15 +90,15 @@ def pytest_runtest_call(item):
 
 
 def test_interrupted_run_is_marked(lfw, tmp_path):
-    result = run_bench(tmp_path, "-k", "blur", "--bench-data", str(lfw.root),
-                       plugin=INTERRUPT)
+    result = run_bench(tmp_path, "-k", "test_privacy and blur", "--bench-data", str(lfw.root),
+                       plugins={"interrupter": INTERRUPT})
     assert result.returncode == pytest.ExitCode.INTERRUPTED, result.stdout + result.stderr
     with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as con:
         assert con.execute("SELECT status, finished IS NOT NULL FROM runs").fetchall() == [
             ("interrupted", True)]
 
 
-def test_bounds_name_metric_bound_and_value():
+def test_bounds_name_metric_bound_and_value(tmp_path):
     bounds = [{"case": "clear", "metric": "eer", "max": 0.05},
               {"case": "blackout-*", "metric": "geer", "min": 0.45}]
     assert check_bounds("clear", {"eer": 0.01}, bounds) == []
@@ -79,3 +107,127 @@ def test_bounds_name_metric_bound_and_value():
     (problem,) = check_bounds("blackout-naive", {"geer": 0.3}, bounds)
     assert "below its bound 0.45" in problem
     assert check_bounds("blur-k5-naive", {"eer": 0.9}, bounds) == []
+    assert load_bounds(ROOT / "bench" / "thresholds.toml"), "CI's bounds file parses"
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[[bound]]\ncase = "clear"\nmetric = "eer"\n')
+    with pytest.raises(BoundsError, match="broken.toml: bound 1 needs"):
+        load_bounds(broken)
+
+
+def test_without_data_collection_fails_once_with_how_to_get_it(tmp_path):
+    result = pytest_run(ROOT, "bench", tmp_path=tmp_path,
+                        env={"FACEANON_DATA": "", "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1, result.stderr
+    assert "faceanon data fetch lfw" in errors[0] and "--bench-fetch" in errors[0]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+MIRROR = '''
+import os
+from faceanon import fetch
+fetch.SOURCES["lfw"] = fetch.DataSource(url=os.environ["MIRROR_URL"],
+                                        checksum=os.environ["MIRROR_CHECKSUM"],
+                                        archive_root="lfw-deepfunneled")
+'''
+
+WHERE_IS_THE_DATA = '''
+import json, os
+
+def test_data(bench_run):
+    with open(os.environ["REPORT_TO"], "w") as handle:
+        json.dump({"root": str(bench_run.dataset.root),
+                   "identities": list(bench_run.split.identities)}, handle)
+'''
+
+
+def test_bench_fetch_downloads_into_the_user_cache(server, tmp_path):
+    root, base = server
+    checksum = make_archive(root / "lfw.tgz", GOOD)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_data.py").write_text(WHERE_IS_THE_DATA)
+    env = {"FACEANON_DATA": "", "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "MIRROR_URL": f"{base}/lfw.tgz", "MIRROR_CHECKSUM": checksum,
+           "REPORT_TO": str(tmp_path / "seen.json")}
+    result = pytest_run(project, "--bench-fetch", env=env, plugins={"mirror": MIRROR},
+                        tmp_path=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    cache = tmp_path / "cache" / "faceanon"
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert seen == {"root": str(cache / "lfw"), "identities": ["Ann_A"]}
+    assert (cache / "lfw-singletons" / "Bob_B").is_dir()
+    assert f"downloaded {cache / 'lfw'}" in result.stdout
+    # Verified as it was downloaded: a wrong checksum leaves nothing behind.
+    env["MIRROR_CHECKSUM"] = "sha256:" + "0" * 64
+    env["XDG_CACHE_HOME"] = str(tmp_path / "other")
+    result = pytest_run(project, "--bench-fetch", env=env, plugins={"mirror": MIRROR},
+                        tmp_path=tmp_path)
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "checksum mismatch" in result.stderr
+    assert not (tmp_path / "other" / "faceanon" / "lfw").exists()
+
+
+def _plugin_installed() -> bool:
+    from faceanon.methods import available_methods
+
+    if "posterize" in available_methods():
+        return True
+    if os.environ.get("FACEANON_REQUIRE_INSTALLED") == "1":
+        pytest.fail("the example method plugin (tests/example-plugin) must be installed")
+    pytest.skip("install the example plugin: pip install --no-deps tests/example-plugin")
+
+
+def test_another_project_benchmarks_its_own_method(lfw, tmp_path):
+    _plugin_installed()
+    project = tmp_path / "elsewhere"
+    project.mkdir()
+    shutil.copy(BENCH_TESTS, project / "test_bench.py")  # the few lines a project writes
+    db = tmp_path / "theirs.duckdb"
+    result = pytest_run(project, "--bench-methods", "posterize", "--bench-identities", "4",
+                        "--bench-data", str(lfw.root), "--bench-db", str(db),
+                        "--benchmark-disable", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with duckdb.connect(str(db), read_only=True) as con:
+        cases_stored = con.execute("SELECT method, k, mode FROM cases ORDER BY id").fetchall()
+        status = con.execute("SELECT status FROM runs").fetchall()
+    assert cases_stored[0] == ("none", None, "clear")
+    assert {(m, k) for m, k, _ in cases_stored[1:]} == {("posterize", 2), ("posterize", 4)}
+    assert len(cases_stored) == 7 and status == [("complete",)]
+    assert "10 passed" in result.stdout  # 7 cases, 2 variants' speed, the recognizer's
+    assert not list(project.glob("conftest.py")), "no conftest: the plugin did everything"
+
+
+SLOWDOWN = '''
+import time
+import faceanon.methods
+
+_anonymize = faceanon.methods.Blur.anonymize
+
+def slower(self, *args, **kwargs):
+    time.sleep(0.004)
+    return _anonymize(self, *args, **kwargs)
+
+faceanon.methods.Blur.anonymize = slower
+'''
+
+
+def test_benchmark_compare_shows_a_method_made_slower(lfw, tmp_path):
+    storage = f"file://{tmp_path / 'benchmarks'}"
+    speed = ("-k", "anonymize_speed", "--bench-methods", "blur", "--bench-k", "15",
+             "--bench-data", str(lfw.root), "--benchmark-storage", storage,
+             "--benchmark-max-time", "0.2")
+    saved = run_bench(tmp_path, *speed, "--benchmark-autosave")
+    assert saved.returncode == 0, saved.stdout + saved.stderr
+    (stored,) = (tmp_path / "benchmarks").rglob("*.json")
+    names = [b["name"] for b in json.loads(stored.read_text())["benchmarks"]]
+    assert names == ["test_anonymize_speed[blur-k15]"]
+    same = run_bench(tmp_path, *speed, "--benchmark-compare", "--benchmark-compare-fail",
+                     "median:200%")
+    assert same.returncode == 0, same.stdout + same.stderr
+    slower = run_bench(tmp_path, *speed, "--benchmark-compare", "--benchmark-compare-fail",
+                       "median:200%", plugins={"slowdown": SLOWDOWN})
+    assert slower.returncode != 0, slower.stdout + slower.stderr
+    assert "Performance has regressed" in slower.stdout + slower.stderr
+    assert "test_anonymize_speed[blur-k15]" in slower.stdout + slower.stderr

@@ -2,62 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
-import io
-import tarfile
-import threading
 
-import numpy as np
 import pytest
+from archives import GOOD, jpeg_bytes, make_archive
 from click.testing import CliRunner
-from PIL import Image
 
 from faceanon.cli import main
 from faceanon.fetch import FetchError, fetch_dataset
-
-
-def jpeg_bytes(value):
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((10, 10, 3), value, np.uint8)).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def make_archive(path, files, links=()):
-    with tarfile.open(path, "w:gz") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-        for name, target in links:
-            info = tarfile.TarInfo(name)
-            info.type = tarfile.SYMTYPE
-            info.linkname = target
-            archive.addfile(info)
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-
-
-GOOD = {
-    "lfw-deepfunneled/Ann_A/Ann_A_0001.jpg": jpeg_bytes(10),
-    "lfw-deepfunneled/Ann_A/Ann_A_0002.jpg": jpeg_bytes(20),
-    "lfw-deepfunneled/Bob_B/Bob_B_0001.jpg": jpeg_bytes(30),
-    "lfw-deepfunneled/Bob_B/notes.txt": b"dropped: not an image",
-    "lfw-deepfunneled/README": b"dropped: not <identity>/<image>",
-}
 
 
 def test_fetch_verifies_unpacks_and_splits_singletons(server, tmp_path):
@@ -66,7 +18,7 @@ def test_fetch_verifies_unpacks_and_splits_singletons(server, tmp_path):
     dest = tmp_path / "data"
     result = CliRunner().invoke(
         main,
-        ["data", "fetch", "lfw", "--dest", str(dest), "--url", f"{base}/lfw.tgz",
+        ["data", "fetch", "lfw", "-o", str(dest), "--url", f"{base}/lfw.tgz",
          "--checksum", checksum],
     )
     assert result.exit_code == 0, result.output
@@ -131,3 +83,16 @@ def test_existing_dataset_is_not_overwritten_without_force(server, tmp_path):
     fetch_dataset("lfw", destination=dest, url=f"{base}/lfw.tgz", checksum=checksum,
                   progress=False, force=True)
     assert not (dest / "lfw" / "Keep_Me").exists()
+
+
+def test_dest_is_a_deprecated_alias_of_output(server, tmp_path):
+    root, base = server
+    checksum = make_archive(root / "lfw.tgz", GOOD)
+    dest = tmp_path / "data"
+    args = ["data", "fetch", "lfw", "--url", f"{base}/lfw.tgz", "--checksum", checksum]
+    result = CliRunner().invoke(main, [*args, "--dest", str(dest)])
+    assert result.exit_code == 0, result.output
+    assert "--dest is deprecated; use -o/--output" in result.stderr
+    assert (dest / "lfw" / "Ann_A").is_dir()
+    both = CliRunner().invoke(main, [*args, "--dest", str(dest), "-o", str(dest)])
+    assert both.exit_code == 2 and "not both" in both.output

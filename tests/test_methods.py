@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +18,7 @@ from faceanon.methods import (
     MethodError,
     available_methods,
     get_method,
+    needs_whole_set,
 )
 
 AD_HOC = ("blur", "pixelate", "noise", "blackout", "mask")
@@ -391,3 +394,50 @@ def test_mask_finds_real_eyes_and_covers_them(lfw_faces):
         assert 0.15 < centre < 0.5, "the bar must sit over the eyes, in the upper face"
         assert w >= fw * 0.5, "the bar must span both eyes"
     assert found >= 4
+
+
+# ---------------------------------------------------------------------------------------
+# Set methods: declared, not guessed
+
+
+class _Paint(Method):
+    name = "paint"
+    k_meaning = "ignored"
+    k_range = None
+    stronger = "none"
+
+    def anonymize(self, image, boxes, *, k, rng):
+        return np.zeros_like(image)
+
+
+class _Undeclared(_Paint):
+    """Overrides anonymize_set, as plugins did before needs_set existed."""
+
+    def anonymize_set(self, images, boxes, *, k, rng):
+        return [self.anonymize(image, b, k=k, rng=rng)
+                for image, b in zip(images, boxes, strict=True)]
+
+
+class _Batching(_Undeclared):
+    """Overrides anonymize_set only to batch work; each image is still its own."""
+
+    needs_set = False
+
+
+class _Averaging(_Undeclared):
+    needs_set = True
+
+
+def test_needs_set_is_what_the_method_declares():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert needs_whole_set(_Paint()) is False
+        assert needs_whole_set(_Batching()) is False
+        assert needs_whole_set(_Averaging()) is True
+        assert needs_whole_set(get_method("blur")) is False
+    assert get_method("blur").describe()["needs_set"] is False
+
+
+def test_an_undeclared_override_is_guessed_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="does not declare needs_set"):
+        assert needs_whole_set(_Undeclared()) is True

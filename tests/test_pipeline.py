@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from faceanon.datasets import protocol_split
-from faceanon.pipeline import Evaluation, Settings, image_rng
+from faceanon.pipeline import Evaluation, EvaluationError, Settings
+from faceanon.protocol import Case, CaseError
 from faceanon.store import ResultsDB
 
 
@@ -20,10 +21,11 @@ def _run(db, lfw, split, workers, cases):
     run_id = db.start_run(name=f"w{workers}", dataset_name="lfw",
                           dataset_fingerprint=lfw.fingerprint, config={}, git_commit=None,
                           git_dirty=None, packages={}, machine={})
+    cases = [Case(*case) for case in cases]
     with Evaluation(lfw, split, db=db, run_id=run_id, workers=workers) as evaluation:
         # The parallel path also prepares each next variant ahead (plan); the serial one not.
-        evaluation.plan([c[:2] for c in cases if c[0] is not None])
-        ids = [evaluation.run_case(*case)[0] for case in cases]
+        evaluation.plan(cases)
+        ids = [evaluation.run_case(case).case_id for case in cases]
     db.finish_run(run_id, "complete")
     return ids
 
@@ -86,14 +88,38 @@ def test_embeddings_are_reused_across_runs(lfw, tmp_path):
     assert sum(r.encoding.acquired for r in originals.values()) >= 7
 
 
-def test_mode_and_method_must_agree(lfw, tmp_path):
-    split = protocol_split(lfw, identities=2, seed=0)
+def test_mode_and_method_must_agree():
+    with pytest.raises(CaseError, match="clear mode takes no method"):
+        Case("blur", 5, "clear")
+    with pytest.raises(CaseError, match="unknown mode 'sideways'"):
+        Case("blur", 5, "sideways")
+    with pytest.raises(EvaluationError, match="cannot be measured"):
+        Settings(on_miss="skip")
+
+
+def test_each_method_is_made_once_per_evaluation(lfw, tmp_path, monkeypatch):
+    import faceanon.pipeline
+
+    made = []
+    real = faceanon.pipeline.get_method
+
+    def counting(name, **options):
+        made.append(name)
+        return real(name, **options)
+
+    monkeypatch.setattr(faceanon.pipeline, "get_method", counting)
+    split = protocol_split(lfw, identities=3, seed=4)
+    cases = [Case("blur", 15, mode) for mode in ("naive", "reverse", "parrot")]
     with ResultsDB(tmp_path / "r.duckdb") as db:
-        evaluation = Evaluation(lfw, split, db=db, run_id=1, settings=Settings(), workers=1)
-        with pytest.raises(ValueError, match="clear mode takes no method"):
-            evaluation.run_case("blur", 5, "clear")
-        with pytest.raises(ValueError, match="unknown mode"):
-            evaluation.run_case("blur", 5, "sideways")
+        run_id = db.start_run(name="once", dataset_name="lfw", dataset_fingerprint="x",
+                              config={}, git_commit=None, git_dirty=None, packages={},
+                              machine={})
+        with Evaluation(lfw, split, db=db, run_id=run_id, workers=1) as evaluation:
+            evaluation.plan(cases)
+            results = [evaluation.run_case(case) for case in cases]
+    assert made == ["blur"]
+    assert [r.case.label for r in results] == ["blur-k15-naive", "blur-k15-reverse",
+                                               "blur-k15-parrot"]
 
 
 def test_decoded_image_cache_keeps_to_its_budget(tmp_path):
@@ -112,13 +138,3 @@ def test_decoded_image_cache_keeps_to_its_budget(tmp_path):
         assert not image.flags.writeable, "a shared original must not be changed in place"
     assert list(cache.images) == paths[2:] and cache.used == 600
     assert cache.read(paths[3]) is cache.images[paths[3]]
-
-
-def test_image_rng_depends_on_every_part():
-    draw = [image_rng(0, "noise", 5, "a/b.jpg").random(),
-            image_rng(1, "noise", 5, "a/b.jpg").random(),
-            image_rng(0, "noise", 6, "a/b.jpg").random(),
-            image_rng(0, "noise", 5, "a/c.jpg").random()]
-    assert len(set(draw)) == 4
-    assert image_rng(0, "noise", 5, "a/b.jpg").random() == draw[0]
-    assert np.isfinite(draw).all()

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from faceanon import report
-from faceanon.report import MARKER, ReportError, compare_runs, render_report
+from faceanon.report import MARKER, ReportError, compare_runs, render_report, site
 from faceanon.store import ResultsDB
 
 N = 12  # identities: one gallery and one probe image each
@@ -170,7 +169,7 @@ def test_output_is_replaced_whole_and_failures_leave_the_old_report(db_path, tmp
     def broken(*args, **kwargs):
         raise RuntimeError("figure failed")
 
-    monkeypatch.setattr(report, "make_figures", broken)
+    monkeypatch.setattr(site, "make_figures", broken)
     before = (out / "index.html").read_bytes()
     with pytest.raises(RuntimeError):
         render_report(db_path, out, identities=0)
@@ -192,16 +191,28 @@ def test_command_line(db_path, tmp_path):
     from faceanon.cli import main
 
     out = tmp_path / "site"
-    result = CliRunner().invoke(main, ["report", "--db", str(db_path), "--out", str(out),
+    result = CliRunner().invoke(main, ["report", "--db", str(db_path), "-o", str(out),
                                        "--run", "1", "--identities", "0"])
     assert result.exit_code == 0, result.output
     assert (out / "index.html").is_file()
-    result = CliRunner().invoke(main, ["report", "--db", str(db_path), "--out", str(out),
+    result = CliRunner().invoke(main, ["report", "--db", str(db_path), "--output", str(out),
                                        "--run", "99"])
-    assert result.exit_code != 0 and "no run 99" in result.output
+    assert result.exit_code == 1 and "Error: no run 99" in result.output
+    assert "Traceback" not in result.output
     result = CliRunner().invoke(main, ["report", "--db", str(tmp_path / "none.duckdb"),
-                                       "--out", str(out)])
+                                       "-o", str(out)])
     assert result.exit_code != 0 and "no results database" in result.output
+
+
+def test_out_is_a_deprecated_alias_of_output(db_path, tmp_path):
+    from faceanon.cli import main
+
+    out = tmp_path / "old-spelling"
+    result = CliRunner().invoke(main, ["report", "--db", str(db_path), "--out", str(out),
+                                       "--identities", "0"])
+    assert result.exit_code == 0, result.output
+    assert "--out is deprecated; use -o/--output" in result.stderr
+    assert (out / "index.html").is_file()
 
 
 def test_pictures_without_the_dataset_say_so(db_path, tmp_path):

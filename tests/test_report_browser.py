@@ -22,6 +22,7 @@ import pytest
 
 from faceanon.datasets import protocol_split
 from faceanon.pipeline import Evaluation, Settings
+from faceanon.protocol import Case
 from faceanon.report import render_report
 from faceanon.store import ResultsDB
 
@@ -80,13 +81,13 @@ def real_report(lfw, tmp_path_factory) -> Path:
             git_commit=None, git_dirty=None, packages={}, machine={})
         with Evaluation(lfw, split, db=db, run_id=run, settings=settings,
                         workers=1) as evaluation:
-            for method, k, mode in CASES:
-                case, timing = evaluation.run_case(method, k, mode)
-                db.add_timings(case, [
+            for case in CASES:
+                result = evaluation.run_case(Case(*case))
+                db.add_timings(result.case_id, [
                     {"name": name, "mean": sum(values) / len(values), "min": min(values),
                      "median": sorted(values)[len(values) // 2], "stddev": 0.0,
                      "rounds": len(values)}
-                    for name, values in timing.items() if values])
+                    for name, values in result.per_image.items() if values])
         db.finish_run(run, "complete")
     return render_report(folder / "results.duckdb", folder / "report", identities=3)
 

@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from faceanon import store
+from faceanon.cli.runs import runs_command
 from faceanon.store import (
     DEFAULT_DB,
     DEFAULT_THRESHOLD,
@@ -25,7 +26,6 @@ from faceanon.store import (
     ResultsDB,
     SchemaVersionError,
     StoreError,
-    runs_command,
 )
 
 TABLES = {"runs", "cases", "images", "scores", "embeddings", "timings", "schema_version",

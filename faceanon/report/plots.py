@@ -101,10 +101,6 @@ def _text(value: object) -> str:
     return str(value).replace("$", r"\$")
 
 
-def _k_label(k: object) -> str:
-    return "no k" if k is None else f"k = {k}"
-
-
 def _to_svg(figure: Figure, *, name: str) -> str:
     buffer = io.StringIO()
     # A salt per figure keeps clip-path ids unique within the page and the output

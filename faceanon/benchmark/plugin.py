@@ -1,0 +1,125 @@
+"""The benchmark's pytest plugin, registered through the ``pytest11`` entry point.
+
+pytest loads it in every session of an environment where faceanon is installed, so it
+imports nothing heavy (no dlib, torch, DuckDB or numpy) until a collected test asks for
+the benchmark. It contributes:
+
+- the ``--bench-*`` options (registered here only);
+- parametrization of the arguments ``bench_case`` (a :class:`faceanon.protocol.Case` per
+  selected case, id ``blur-k15-naive``) and ``bench_variant`` (a
+  :class:`faceanon.protocol.Variant` per selected variant, id ``blur-k15``);
+- the session fixture ``bench_run`` (:class:`faceanon.benchmark.run.BenchRun`);
+- the run's lifecycle: the data is found once at collection (no data: one error line that
+  says how to get it), the database run is marked complete, failed or interrupted at the
+  end, and a table of the measured cases closes the terminal report.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from faceanon.protocol import DECISION_THRESHOLD, MODES
+
+RUN_KEY = pytest.StashKey["BenchRun"]()
+#: The arguments that make a test a benchmark test.
+BENCH_ARGUMENTS = ("bench_run", "bench_case", "bench_variant")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    from faceanon.benchmark.grids import GRIDS
+
+    group = parser.getgroup("faceanon", "faceanon benchmark")
+    group.addoption("--bench-data", default="lfw",
+                    help="dataset name (looked up in $FACEANON_DATA, then the user cache) "
+                         "or folder; default lfw")
+    group.addoption("--bench-fetch", action="store_true",
+                    help="download the dataset into the user cache when it is not found "
+                         "(as `faceanon data fetch lfw`)")
+    group.addoption("--bench-identities", type=int, default=None,
+                    help="deterministic subset of N identities (default: per grid)")
+    group.addoption("--bench-grid", default=GRIDS[0], choices=GRIDS)
+    group.addoption("--bench-methods", default=None, help="comma-separated method names")
+    group.addoption("--bench-k", default=None, help="comma-separated strengths to keep")
+    group.addoption("--bench-modes", default=None,
+                    help=f"comma-separated modes out of {','.join(MODES)}")
+    group.addoption("--bench-db", default=None,
+                    help="DuckDB results file (default results.duckdb, as faceanon report)")
+    group.addoption("--bench-seed", type=int, default=0)
+    group.addoption("--bench-run-name", default=None)
+    group.addoption("--bench-workers", type=int, default=None,
+                    help="worker processes (default: one per core)")
+    group.addoption("--bench-detector", default="hog",
+                    help="detector that finds the regions to anonymize")
+    group.addoption("--bench-region", default="face",
+                    help="what to anonymize in each face: face or eyes")
+    group.addoption("--bench-threshold", type=float, default=DECISION_THRESHOLD,
+                    help=f"decision threshold for FMR/FNMR (default {DECISION_THRESHOLD}, "
+                         "face_recognition's)")
+    group.addoption("--bench-thresholds", default=None,
+                    help="TOML file of metric bounds that fail a case when crossed")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from faceanon.benchmark.run import BenchRun
+
+    config.stash[RUN_KEY] = BenchRun(config)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    wanted = [name for name in ("bench_case", "bench_variant") if name in metafunc.fixturenames]
+    if not wanted:
+        return
+    from faceanon.errors import FaceanonError
+
+    run = metafunc.config.stash[RUN_KEY]
+    try:
+        if "bench_case" in wanted:
+            cases = run.planned_cases()
+            metafunc.parametrize("bench_case", cases, ids=[c.label for c in cases])
+        if "bench_variant" in wanted:
+            variants = run.planned_variants()
+            metafunc.parametrize("bench_variant", variants, ids=[v.label for v in variants])
+    except (FaceanonError, ValueError) as error:
+        raise pytest.UsageError(str(error)) from None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    config = session.config
+    if config.option.collectonly:
+        return
+    needs_bench = [item for item in session.items
+                   if set(BENCH_ARGUMENTS) & set(getattr(item, "fixturenames", ()))]
+    if not needs_bench:
+        return
+    from faceanon.errors import FaceanonError
+
+    # The selected cases, after -k: the pipeline prepares each variant while the one
+    # before it is being compared.
+    cases = [item.callspec.params["bench_case"] for item in needs_bench
+             if "bench_case" in getattr(getattr(item, "callspec", None), "params", {})]
+    try:
+        config.stash[RUN_KEY].prepare(cases)
+    except FaceanonError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
+@pytest.fixture(scope="session")
+def bench_run(request: pytest.FixtureRequest):
+    """The benchmark session (:class:`faceanon.benchmark.run.BenchRun`)."""
+    return request.config.stash[RUN_KEY]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
+    run = session.config.stash.get(RUN_KEY, None)
+    if run is not None:
+        run.finish(exitstatus)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    run = config.stash.get(RUN_KEY, None)
+    if run is None or run.run_id is None or not run.case_ids:
+        return
+    terminalreporter.section(f"faceanon run {run.run_id} ({run.status or '?'}) "
+                             f"-> {run.db_path}")
+    for line in run.summary_lines():
+        terminalreporter.write_line(line)

@@ -1,0 +1,372 @@
+"""One benchmark session: its data, its database run, its evaluation, and what it measures.
+
+:class:`BenchRun` is what the benchmark's tests talk to (the ``bench_run`` fixture). It
+is made for every pytest session of an environment that has faceanon installed, so
+making it costs nothing: the dataset is listed when the collected tests need it, the
+database run starts with the first privacy case, and the heavy libraries are imported
+then.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from faceanon.protocol import Case, Variant, image_rng, set_rng
+
+__all__ = ["BenchRun", "SpeedFace"]
+
+#: Real faces the speed tests cycle through (originals in which the detector finds one).
+SPEED_FACES = 8
+#: Faces a set method (k-Same) gets per timed round, at least; at least 2k when k is larger.
+SPEED_SET_FACES = 8
+
+
+@dataclass(frozen=True)
+class SpeedFace:
+    """A real face the speed tests anonymize: its key, pixels and regions."""
+
+    key: str
+    image: object
+    boxes: tuple
+
+
+def _stats(name: str, seconds: list[float], unit: str) -> dict:
+    return {
+        "name": name,
+        "min": min(seconds),
+        "max": max(seconds),
+        "median": statistics.median(seconds),
+        "mean": statistics.fmean(seconds),
+        "stddev": statistics.stdev(seconds) if len(seconds) > 1 else 0.0,
+        "rounds": len(seconds),
+        "unit": unit,
+    }
+
+
+def _split_list(value: str | None, cast=str) -> list | None:
+    return [cast(v) for v in value.split(",")] if value else None
+
+
+class BenchRun:
+    """One benchmark session, driven by the ``--bench-*`` options of ``config``.
+
+    Parameters
+    ----------
+    config : pytest.Config
+
+    Attributes
+    ----------
+    run_id : int or None
+        The database run, once the first privacy case has started it.
+    case_ids : list of int
+        The cases measured so far, in order.
+    errors : int
+        Cases that raised (the run is then stored as ``failed``).
+    status : str or None
+        The run's final status, once the session has finished.
+    """
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.dataset = None
+        self.split = None
+        self.bounds: list[dict] = []
+        self.planned: list[Case] = []
+        self.db = None
+        self.run_id: int | None = None
+        self.evaluation = None
+        self.case_ids: list[int] = []
+        self.errors = 0
+        self.status: str | None = None
+        self._methods: dict = {}
+        self._backend = None
+        self._speed_faces: list[SpeedFace] | None = None
+
+    # -- options -------------------------------------------------------------------------
+
+    def option(self, name: str):
+        return self.config.getoption(f"--bench-{name}")
+
+    def selection(self) -> dict:
+        """The grid and the methods, strengths and modes the options select."""
+        return {
+            "grid_name": self.option("grid"),
+            "methods": _split_list(self.option("methods")),
+            "ks": _split_list(self.option("k"), int),
+        }
+
+    def planned_cases(self) -> list[Case]:
+        from faceanon.benchmark.grids import cases
+
+        return cases(**self.selection(), modes=_split_list(self.option("modes")))
+
+    def planned_variants(self) -> list[Variant]:
+        from faceanon.benchmark.grids import variants
+
+        return variants(**self.selection())
+
+    @property
+    def db_path(self) -> str:
+        from faceanon.store import DEFAULT_DB
+
+        return self.option("db") or DEFAULT_DB
+
+    @property
+    def settings(self):
+        from faceanon.pipeline import Settings
+
+        return Settings(detector=self.option("detector"), region=self.option("region"),
+                        seed=self.option("seed"))
+
+    # -- collection: data and bounds, once -----------------------------------------------
+
+    def prepare(self, cases: list[Case]) -> None:
+        """Find the data, draw the split and read the bounds, before any test runs.
+
+        Raises
+        ------
+        faceanon.errors.FaceanonError
+            No data (the message says how to get it), a bad bounds file, a bad option.
+        """
+        from faceanon.benchmark.bounds import load_bounds
+        from faceanon.benchmark.grids import DEFAULT_IDENTITIES
+        from faceanon.datasets import protocol_split
+        from faceanon.detect import REGIONS, DetectorError, get_detector
+
+        self.planned = cases
+        self.dataset = self._find_dataset()
+        identities = self.option("identities") or DEFAULT_IDENTITIES[self.option("grid")]
+        self.split = protocol_split(self.dataset,
+                                    identities=min(identities, len(self.dataset.identities)),
+                                    seed=self.option("seed"))
+        path = self.option("thresholds")
+        self.bounds = load_bounds(path) if path else []
+        get_detector(self.option("detector"))  # an unknown name fails here, once
+        if self.option("region") not in REGIONS:
+            raise DetectorError(f"unknown region {self.option('region')!r}; choose one of "
+                                f"{', '.join(REGIONS)}")
+
+    def _find_dataset(self):
+        from faceanon.datasets import DatasetError, resolve_dataset
+        from faceanon.fetch import SOURCES, fetch_dataset
+
+        name = self.option("data")
+        try:
+            return resolve_dataset(name)
+        except DatasetError as error:
+            if name not in SOURCES:
+                raise
+            if not self.option("fetch"):
+                raise DatasetError(f"{error}, or add --bench-fetch to download it") from None
+        for folder in fetch_dataset(name, progress=False):
+            self._say(f"faceanon: downloaded {folder}")
+        return resolve_dataset(name)
+
+    def _say(self, line: str) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(line)
+
+    # -- the run -------------------------------------------------------------------------
+
+    def method(self, name: str):
+        """The method called ``name``, made once for the session (privacy and speed tests)."""
+        from faceanon.methods import get_method
+
+        if name not in self._methods:
+            self._methods[name] = get_method(name)
+        return self._methods[name]
+
+    def start(self):
+        """Start the database run and the evaluation (once); return the evaluation."""
+        if self.evaluation is not None:
+            return self.evaluation
+        from faceanon import provenance
+        from faceanon.pipeline import Evaluation
+        from faceanon.store import ResultsDB
+
+        settings = self.settings
+        threshold = self.option("threshold")
+        self.db = ResultsDB(self.db_path)
+        self.db.set_threshold(threshold)
+        commit, dirty = provenance.git_state(Path(self.config.rootpath))
+        self.run_id = self.db.start_run(
+            name=self.option("run-name"),
+            dataset_name=self.dataset.name,
+            dataset_fingerprint=self.dataset.fingerprint,
+            config={"grid": self.option("grid"), "identities": len(self.split.identities),
+                    **self.split.summary(), **settings.as_dict(), "threshold": threshold,
+                    "dataset_root": str(self.dataset.root)},
+            git_commit=commit,
+            git_dirty=dirty,
+            packages=provenance.package_versions(),
+            machine=provenance.machine(),
+        )
+        for case in self.planned:
+            if case.method is not None:
+                self.method(case.method)
+        self.evaluation = Evaluation(self.dataset, self.split, db=self.db, run_id=self.run_id,
+                                     settings=settings, workers=self.option("workers"),
+                                     methods=self._methods)
+        self.evaluation.plan(self.planned)
+        return self.evaluation
+
+    def measure(self, case: Case) -> dict:
+        """Measure one case, store it with its timings, and fail it if it crosses a bound.
+
+        The timings stored are seconds per image to anonymize and to encode (as the
+        pipeline measured them) and ``case_wall_time``, the seconds the whole case took
+        here, including making and encoding its variant's images when this case was the
+        first to need them.
+
+        Returns
+        -------
+        dict
+            The case's ``case_metrics`` row.
+        """
+        evaluation = self.start()
+        started = time.perf_counter()
+        try:
+            result = evaluation.run_case(case)
+        except Exception:
+            self.errors += 1
+            raise
+        wall = time.perf_counter() - started
+        self.case_ids.append(result.case_id)
+        rows = [_stats(name, values, "seconds per image")
+                for name, values in result.per_image.items() if values]
+        rows.append(_stats("case_wall_time", [wall], "seconds per case"))
+        self.db.add_timings(result.case_id, rows)
+        metrics = self.db.one_case_metrics(result.case_id)
+        from faceanon.benchmark.bounds import check_bounds
+
+        problems = check_bounds(result.case.label, metrics, self.bounds)
+        if problems:
+            pytest.fail("; ".join(problems), pytrace=False)
+        return metrics
+
+    # -- speed ---------------------------------------------------------------------------
+
+    def speed_faces(self) -> list[SpeedFace]:
+        """Up to :data:`SPEED_FACES` probes with a face, read and detected once."""
+        if self._speed_faces is None:
+            from faceanon.detect import anonymization_regions
+            from faceanon.imageio import read_image
+
+            settings = self.settings
+            faces = []
+            for sample in self.split.probes:
+                image = read_image(self.dataset.path(sample))
+                regions = anonymization_regions(image, detector=settings.detector,
+                                                region=settings.region, margin=settings.margin,
+                                                on_miss=settings.on_miss)
+                if regions.found:
+                    faces.append(SpeedFace(sample.key, image, regions.boxes))
+                if len(faces) == SPEED_FACES:
+                    break
+            if not faces:
+                raise pytest.UsageError("no probe has a face the detector finds; the speed "
+                                        "tests need real faces")
+            self._speed_faces = faces
+        return self._speed_faces
+
+    def time_anonymize(self, variant: Variant, benchmark) -> None:
+        """Time anonymizing one real face with ``variant`` (pytest-benchmark's rounds).
+
+        The faces of :meth:`speed_faces` are used in turn, each with its benchmark
+        generator. A set method (k-Same) is timed per set of at least
+        :data:`SPEED_SET_FACES` faces (and at least 2k), recorded in the benchmark's
+        ``extra_info`` as ``faces_per_round``.
+        """
+        from faceanon.methods import needs_whole_set
+
+        method = self.method(variant.method)
+        k = method.check_k(variant.k)
+        seed = self.option("seed")
+        faces = self.speed_faces()
+        if needs_whole_set(method):
+            size = max(SPEED_SET_FACES, 2 * (k or 1))
+            group = (faces * -(-size // len(faces)))[:size]
+            keys = [face.key for face in group]
+
+            def anonymize():
+                return method.anonymize_set([f.image for f in group],
+                                            [list(f.boxes) for f in group], k=k,
+                                            rng=set_rng(seed, variant.method, k, keys))
+
+            benchmark.extra_info["faces_per_round"] = size
+        else:
+            turn = itertools.cycle(faces)
+
+            def anonymize():
+                face = next(turn)
+                return method.anonymize(face.image, list(face.boxes), k=k,
+                                        rng=image_rng(seed, variant.method, k, face.key))
+
+            benchmark.extra_info["faces_per_round"] = 1
+        anonymize()  # untimed: loads what the method loads lazily (e.g. the GAN's weights)
+        benchmark(anonymize)
+
+    def time_encode(self, benchmark) -> None:
+        """Time the recognizer's detect-and-encode of one real face (pytest-benchmark)."""
+        if self._backend is None:
+            from faceanon.recognition import get_backend
+
+            settings = self.settings
+            self._backend = get_backend(settings.backend, **settings.backend_options)
+        backend = self._backend
+        turn = itertools.cycle(self.speed_faces())
+
+        def encode():
+            return backend.encode(next(turn).image)
+
+        encode()  # untimed: loads dlib's models
+        benchmark(encode)
+
+    # -- the end -------------------------------------------------------------------------
+
+    def finish(self, exitstatus) -> None:
+        """Close the evaluation and record the run's final status."""
+        if self.run_id is None:
+            return
+        if self.evaluation is not None:
+            self.evaluation.close()
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            status = "interrupted"
+        elif self.errors:
+            status = "failed"
+        else:
+            # Cases that crossed a regression bound still measured what they should.
+            status = "complete"
+        self.db.finish_run(self.run_id, status)
+        self.status = status
+
+    def summary_lines(self) -> list[str]:
+        """The end-of-session table: one line per measured case."""
+        rows = {r["case_id"]: r for r in self.db.case_metrics(run_id=self.run_id)}
+        per_image = self.db.per_image_timings(self.run_id)
+
+        def pct(v):
+            return "   -" if v is None else f"{100 * v:5.1f}"
+
+        lines = [f"{'method':<12} {'k':>4} {'mode':<8} {'EER%':>6} {'FMR%':>6} {'FNMR%':>6} "
+                 f"{'FTA%':>6} {'rank1%':>6} {'anon ms':>8} {'recog ms':>8}"]
+        for cid in self.case_ids:
+            r = rows.get(cid)
+            if r is None:
+                continue
+            anon = per_image.get((cid, "anonymize"))
+            recog = per_image.get((cid, "recognize"))
+            lines.append(
+                f"{r['method']:<12} {'' if r['k'] is None else r['k']:>4} {r['mode']:<8} "
+                f"{pct(r['eer']):>6} {pct(r['fmr']):>6} {pct(r['fnmr']):>6} {pct(r['fta']):>6} "
+                f"{pct(r['rank1']):>6} "
+                f"{'' if anon is None else f'{1000 * anon:8.2f}':>8} "
+                f"{'' if recog is None else f'{1000 * recog:8.1f}':>8}")
+        return lines

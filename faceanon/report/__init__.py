@@ -1,0 +1,35 @@
+"""``faceanon report``: the HTML leaderboard of a benchmark run, as a static site.
+
+One module per concern:
+
+:mod:`~faceanon.report.tables`
+    which run is shown, its leaderboard rows, the comparison of two runs, confusion
+    matrices (all read through :class:`faceanon.store.ResultsDB`);
+:mod:`~faceanon.report.seed_study`
+    the seed study's published figures beside ours;
+:mod:`~faceanon.report.figures` and :mod:`~faceanon.report.plots`
+    which figures the page has, and drawing them with matplotlib as inline SVG;
+:mod:`~faceanon.report.pictures`
+    the picture strip, re-created from the dataset with the run's seed rule;
+:mod:`~faceanon.report.site`
+    the page from the templates (shipped in the package), written atomically.
+
+Every number of ours comes from the results database; the only constants are the seed
+study's published figures, labelled as the study's.
+"""
+
+from __future__ import annotations
+
+from faceanon.report.seed_study import SEED_STUDY
+from faceanon.report.site import MARKER, render_report
+from faceanon.report.tables import ReportError, choose_runs, compare_runs, leaderboard
+
+__all__ = [
+    "MARKER",
+    "SEED_STUDY",
+    "ReportError",
+    "choose_runs",
+    "compare_runs",
+    "leaderboard",
+    "render_report",
+]
