@@ -28,14 +28,21 @@ encode in batches, sending small chips rather than whole images:
 
 ``backend.encode(image, *, box=None) -> Encoding`` does both for one image. Only the
 first step needs dlib's detector; the second is the expensive one.
+
+``backend.model_fingerprint()`` says exactly what computes its embeddings (the sha256 of
+every model file it loads and the versions of the libraries that run them, see
+:func:`model_fingerprint`): the embedding cache is keyed by it, so a changed model never
+reuses another model's embeddings.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -90,6 +97,58 @@ def image_sha256(image: np.ndarray) -> str:
     digest = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
     digest.update(array.data)
     return digest.hexdigest()
+
+
+@functools.cache
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    # size and mtime are part of the cache key: a file replaced in place is hashed again
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_fingerprint(files: Sequence[str | os.PathLike], *,
+                      versions: Mapping[str, str]) -> str:
+    """A key that changes whenever a model file or a library that runs it changes.
+
+    Parameters
+    ----------
+    files : sequence of path
+        The model files (weights, detectors) that compute an embedding.
+    versions : mapping of str to str
+        Versions of the libraries that run them, e.g. ``{"dlib": "19.24.6"}``, and any
+        other value the embeddings depend on.
+
+    Returns
+    -------
+    str
+        ``"sha256:"`` and the hex sha256 over each file's name and sha256 and each
+        ``name==version``, sorted. Where the files lie does not matter, their bytes do.
+    """
+    lines = []
+    for file in files:
+        path = Path(file)
+        stat = path.stat()
+        lines.append(f"{path.name}\t{_file_sha256(str(path), stat.st_size, stat.st_mtime_ns)}")
+    lines.extend(f"{name}=={version}" for name, version in versions.items())
+    return "sha256:" + hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+
+
+@functools.cache
+def _dlib_fingerprint() -> str:
+    # dlib's version (its HOG detector is compiled in) and every face_recognition_models
+    # file a dlib-resnet backend may load: 5-point landmarks, ResNet, CNN face detector
+    import dlib
+    import face_recognition_models as models
+
+    return model_fingerprint(
+        [models.pose_predictor_five_point_model_location(),
+         models.face_recognition_model_location(),
+         models.cnn_face_detector_model_location()],
+        versions={"dlib": dlib.__version__},
+    )
 
 
 @functools.cache
@@ -186,6 +245,10 @@ class _TwoStepBackend:
     def encode_chips(self, chips: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def model_fingerprint(self) -> str:
+        """What computes this backend's embeddings: see :func:`model_fingerprint`."""
+        raise NotImplementedError
+
     def encode(
         self, image: np.ndarray, *, box: tuple[int, int, int, int] | None = None
     ) -> Encoding:
@@ -238,6 +301,11 @@ class DlibResNet(_TwoStepBackend):
     @property
     def name(self) -> str:
         return f"dlib-resnet:{self.detector}:up{self.upsample}:jit{self.jitters}"
+
+    def model_fingerprint(self) -> str:
+        """dlib's version and the sha256 of the ``face_recognition_models`` files
+        (5-point landmarks, ResNet, CNN face detector): :func:`model_fingerprint`."""
+        return _dlib_fingerprint()
 
     def encode_chips(self, chips: np.ndarray) -> np.ndarray:
         """Embeddings ``(n, 128)`` of ``uint8`` face chips ``(n, 150, 150, 3)``, by dlib.
@@ -333,6 +401,7 @@ class DlibResNetTorch(_TwoStepBackend):
             state, self.dat_sha256 = resnet_torch.cached_state_dict()
         else:
             state, self.dat_sha256 = resnet_torch.load_weights(weights)
+        self.weights = None if weights is None else Path(weights)
         self.detector = detector
         self.upsample = int(upsample)
         self.jitters = 1
@@ -348,6 +417,22 @@ class DlibResNetTorch(_TwoStepBackend):
     def encode_chips(self, chips: np.ndarray) -> np.ndarray:
         """Embeddings ``(n, 128)`` (float64) of ``uint8`` face chips ``(n, 150, 150, 3)``."""
         return self.encoder.encode_chips(check_chips(chips))
+
+    def model_fingerprint(self) -> str:
+        """What computes these embeddings: :func:`model_fingerprint` of dlib's landmark and
+        CNN detector files, the given converted weights file (by default the ``.dat``'s
+        sha256, from which the weights are converted), and the dlib and torch versions."""
+        import dlib
+        import face_recognition_models as models
+        import torch
+
+        files = [models.pose_predictor_five_point_model_location(),
+                 models.cnn_face_detector_model_location()]
+        if self.weights is not None:
+            files.append(self.weights)
+        return model_fingerprint(files, versions={
+            "dlib": dlib.__version__, "torch": torch.__version__,
+            "resnet.dat": self.dat_sha256})
 
 
 BACKENDS = {"dlib-resnet": DlibResNet, "dlib-resnet-torch": DlibResNetTorch}

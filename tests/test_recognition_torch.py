@@ -121,6 +121,21 @@ def test_name_says_backend_weights_and_device(backends):
     assert torch_backend.name != dlib_backend.name
 
 
+def test_model_fingerprint_says_weights_and_torch(backends, weights_file, tmp_path):
+    dlib_backend, torch_backend = backends
+    key = torch_backend.model_fingerprint()
+    assert key.startswith("sha256:") and key != dlib_backend.model_fingerprint()
+    assert torch_backend.model_fingerprint() == key
+    # other weights bytes under the same .dat sha256: another model, another cache key
+    state, sha = rt.load_weights(weights_file)
+    state = {name: tensor.clone() for name, tensor in state.items()}
+    first = next(name for name, tensor in state.items() if tensor.is_floating_point())
+    state[first] += 1e-3
+    other = tmp_path / "other.pt"
+    rt.save_weights(other, state, dat_sha256=sha)
+    assert DlibResNetTorch(weights=other, threads=1).model_fingerprint() != key
+
+
 def test_chips_must_be_150px_uint8(backends):
     _, torch_backend = backends
     with pytest.raises(ValueError, match=r"uint8 of shape \(n, 150, 150, 3\).*float64"):
