@@ -245,7 +245,8 @@ def anonymize_files(
     seed : int
         Seed of the generators (:func:`faceanon.protocol.image_rng`).
     on_miss : OnMiss or str
-        What happens to an image with no face.
+        What happens to an image with no face; an unknown value raises
+        :class:`faceanon.protocol.OnMissError` before any file is read.
     on_problem : callable, optional
         Called with a result as soon as it fails, misses or is skipped.
     on_step : callable, optional
@@ -264,7 +265,7 @@ def anonymize_files(
     from faceanon.detect import anonymization_regions
 
     started = time.perf_counter()
-    on_miss = OnMiss(on_miss)
+    on_miss = OnMiss.parse(on_miss)
     notify = on_problem or (lambda result: None)
     step = on_step or (lambda: None)
     results = [Result(job) for job in jobs]

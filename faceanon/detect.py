@@ -564,13 +564,14 @@ def anonymization_regions(
     on_miss : OnMiss or str
         When no face is found: ``whole`` gives one box over the whole image; ``skip`` and
         ``fail`` give no box (the caller must not publish the image; whether that is an
-        error is the caller's to say).
+        error is the caller's to say). Any other value raises
+        :class:`faceanon.protocol.OnMissError`.
 
     Returns
     -------
     Regions
     """
-    on_miss = OnMiss(on_miss)
+    on_miss = OnMiss.parse(on_miss)
     boxes = [tuple(int(v) for v in box) for box in
              find_regions(image, detector=detector, region=region, margin=margin)]
     if boxes:

@@ -62,6 +62,7 @@ __all__ = [
     "CaseError",
     "Mode",
     "OnMiss",
+    "OnMissError",
     "Variant",
     "image_rng",
     "set_rng",
@@ -134,6 +135,26 @@ class OnMiss(enum.StrEnum):
     WHOLE = "whole"
     SKIP = "skip"
     FAIL = "fail"
+
+    @classmethod
+    def parse(cls, value: str | OnMiss) -> OnMiss:
+        """The policy called ``value``.
+
+        Raises
+        ------
+        OnMissError
+            When ``value`` names no policy: an unknown policy would leave a missed face
+            unanonymized, so it is refused wherever a policy is taken.
+        """
+        try:
+            return cls(value)
+        except ValueError:
+            raise OnMissError(f"unknown on_miss {value!r}; use one of "
+                              f"{', '.join(m.value for m in cls)}") from None
+
+
+class OnMissError(FaceanonError, ValueError):
+    """An ``on_miss`` value that names no :class:`OnMiss` policy."""
 
 
 def _k_part(k: int | None) -> list[str]:

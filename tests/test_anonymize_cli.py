@@ -289,6 +289,21 @@ def test_on_miss_whole_anonymizes_the_whole_image(tmp_path):
     assert "1 anonymized whole" in result.stdout
 
 
+def test_an_unknown_miss_policy_is_refused_by_the_library_before_any_file(tmp_path):
+    from faceanon.anonymize import anonymize_files, plan_jobs
+    from faceanon.protocol import OnMissError, Variant
+
+    grey_png(tmp_path / "in" / "flat.png")
+    jobs, _ = plan_jobs([tmp_path / "in"], tmp_path / "out")
+    with pytest.raises(OnMissError, match="unknown on_miss 'keep'"):
+        anonymize_files(jobs, method=get_method("blackout"), variant=Variant("blackout"),
+                        detector="hog", on_miss="keep")
+    assert not (tmp_path / "out").exists()
+    # the command line offers only the known policies
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out", "--on-miss", "keep")
+    assert result.exit_code == 2 and "'keep' is not one of" in result.output
+
+
 # ---------------------------------------------------------------------------------------
 # --json, options, set-based methods, method errors
 

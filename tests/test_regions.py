@@ -7,6 +7,7 @@ import pytest
 
 from faceanon.detect import anonymization_regions, find_regions
 from faceanon.imageio import read_image
+from faceanon.protocol import OnMissError
 
 
 @pytest.mark.parametrize("on_miss, boxes, publishable", [
@@ -19,6 +20,12 @@ def test_an_image_without_a_face_follows_the_miss_policy(on_miss, boxes, publish
     regions = anonymization_regions(flat, on_miss=on_miss)
     assert regions.boxes == boxes and regions.found is False
     assert regions.publishable is publishable
+
+
+def test_an_unknown_miss_policy_is_refused():
+    flat = np.full((30, 40, 3), 128, np.uint8)
+    with pytest.raises(OnMissError, match=r"unknown on_miss 'keep'; use one of whole, skip"):
+        anonymization_regions(flat, on_miss="keep")
 
 
 @pytest.mark.realdata
