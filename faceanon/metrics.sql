@@ -85,6 +85,11 @@
 --   Ties at the minimum get fractional credit: the mated share among the tied nearest
 --   images (a constant distance gives chance level, not 100 %).
 --
+-- Unchanged images. n_anonymized = distinct images of the run anonymized by the case's
+--   method at its k (images, role 'anonymized'); n_unchanged = how many of them have the
+--   pixel sha256 of their original: published exactly as they were. Both NULL for the
+--   clear baseline and for a case whose run recorded no images.
+--
 -- Views: case_metrics (one row per case), confusion (per case, threshold, scope),
 -- det_curve (per case and distinct distance). Helper views: score_points, case_totals.
 
@@ -130,7 +135,8 @@ CREATE OR REPLACE TEMP MACRO distance_bin(d, lo, hi) AS
 -- rest on them), n_probes, n_gallery (distinct images); fta, fte; eer,
 -- eer_threshold; threshold (the decision threshold) with fmr, fnmr, gfar, gfrr, fmr_all,
 -- fnmr_all there; fnmr_at_fmr_1pct, fnmr_at_fmr_01pct; geer, geer_threshold,
--- geer_crossed; tar_at_fmr_1pct_all; rank1. Rates are fractions in [0, 1].
+-- geer_crossed; tar_at_fmr_1pct_all; rank1; n_anonymized, n_unchanged. Rates are
+-- fractions in [0, 1].
 --
 -- case_metrics finds each "first threshold where a monotone condition holds" (EER
 -- crossings, FMR above 1 % / 0.1 %) without sorting whole cases: (1) count the scores of
@@ -277,6 +283,17 @@ gallery_stats AS (
     )
     GROUP BY case_id
 ),
+unchanged AS (
+    SELECT c.id AS case_id,
+           count(DISTINCT a.key)                                    AS n_anonymized,
+           count(DISTINCT a.key) FILTER (WHERE a.sha256 = o.sha256) AS n_unchanged
+    FROM cases c
+    JOIN images a ON a.run_id = c.run_id AND a.role = 'anonymized'
+                 AND a.method = c.method AND a.k IS NOT DISTINCT FROM c.k
+    LEFT JOIN images o ON o.run_id = c.run_id AND o.role = 'original' AND o.key = a.key
+    WHERE c.mode <> 'clear'
+    GROUP BY c.id
+),
 rates AS (
     SELECT c.id AS case_id,
            thr.threshold,
@@ -317,13 +334,15 @@ rates AS (
            (t.n_mated_acquired - t.cm_at_thr) / nullif(t.n_mated_acquired, 0) AS fnmr,
            t.cn_at_thr / nullif(t.n_nonmated, 0)                          AS fmr_all,
            (t.n_mated - t.cm_at_thr) / nullif(t.n_mated, 0)              AS fnmr_all,
-           ps.rank1_hits / nullif(ps.n_rank1_probes, 0)                   AS rank1
+           ps.rank1_hits / nullif(ps.n_rank1_probes, 0)                   AS rank1,
+           u.n_anonymized, u.n_unchanged
     FROM cases c
     JOIN thr                  ON thr.case_id = c.id
     LEFT JOIN tot t           ON t.case_id = c.id
     LEFT JOIN pts             ON pts.case_id = c.id
     LEFT JOIN probe_stats ps  ON ps.case_id = c.id
     LEFT JOIN gallery_stats gs ON gs.case_id = c.id
+    LEFT JOIN unchanged u     ON u.case_id = c.id
 ),
 interp AS (
     SELECT *,
@@ -352,7 +371,8 @@ SELECT case_id,
        CASE WHEN g.pd IS NULL THEN g.d ELSE g.pd + ga * (g.d - g.pd) END AS geer_threshold,
        CASE WHEN both_classes THEN g IS NOT NULL END                  AS geer_crossed,
        tar_all_1 AS tar_at_fmr_1pct_all,
-       rank1
+       rank1,
+       n_anonymized, n_unchanged
 FROM interp;
 
 -- The 2x2 confusion matrix per case and threshold, in percent of the comparisons of the

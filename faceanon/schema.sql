@@ -111,9 +111,9 @@ CREATE TABLE timings (
     unit    VARCHAR NOT NULL DEFAULT 'seconds per image'
 );
 
--- Extra thresholds the `confusion` view reports (besides each run's decision threshold):
--- 0.6 (face_recognition's tolerance) and 0.575 (the seed study's DeepPrivacy table).
+-- Extra thresholds the `confusion` view reports (besides each run's decision threshold);
+-- a new database gets store.CONFUSION_THRESHOLDS (the decision threshold of
+-- faceanon.protocol and 0.575, the seed study's DeepPrivacy table).
 CREATE TABLE confusion_thresholds (
     threshold DOUBLE PRIMARY KEY
 );
-INSERT INTO confusion_thresholds VALUES (0.6), (0.575);

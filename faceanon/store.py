@@ -44,8 +44,6 @@ of their own, so the tables can change behind them. ``faceanon runs`` lives in
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import math
 import os
@@ -54,7 +52,6 @@ import re
 import socket
 import threading
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -72,6 +69,9 @@ from faceanon.protocol import DECISION_THRESHOLD, MODES
 DEFAULT_DB = "results.duckdb"
 #: Decision threshold of a run when none is given (:data:`faceanon.protocol.DECISION_THRESHOLD`).
 DEFAULT_THRESHOLD = DECISION_THRESHOLD
+#: Extra thresholds a new database's ``confusion`` view reports besides each run's own:
+#: the decision threshold and 0.575, the threshold of the seed study's DeepPrivacy table.
+CONFUSION_THRESHOLDS = (DECISION_THRESHOLD, 0.575)
 #: The schema version this faceanon writes and reads (``schema.sql``).
 SCHEMA_VERSION = 2
 RUN_STATUSES = ("running", "complete", "failed", "interrupted", "crashed")
@@ -97,8 +97,6 @@ __all__ = [
     "ResultsDB",
     "SchemaVersionError",
     "StoreError",
-    "dlib_model_fingerprint",
-    "model_fingerprint",
     "run_is_abandoned",
 ]
 
@@ -151,78 +149,18 @@ def _string_array(values: Sequence[str], n: int, name: str) -> pa.Array:
     return array
 
 
+def _check_model(model: str) -> str:
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"model must name what computed the embeddings (the backend's "
+                         f"model_fingerprint()), got {model!r}")
+    return model
+
+
 def _check_threshold(threshold: float) -> float:
     threshold = float(threshold)
     if not math.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}")
     return threshold
-
-
-# -- what computed an embedding ------------------------------------------------------------
-
-
-@functools.cache
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    # size and mtime are part of the cache key: a file replaced in place is hashed again
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_fingerprint(files: Sequence[str | os.PathLike], *,
-                      versions: Mapping[str, str]) -> str:
-    """A key that changes whenever a model file or a library that runs it changes.
-
-    Parameters
-    ----------
-    files : sequence of path
-        The model files (weights, detectors) that compute an embedding.
-    versions : mapping of str to str
-        Versions of the libraries that run them, e.g. ``{"dlib": "19.24.6"}``.
-
-    Returns
-    -------
-    str
-        ``"sha256:"`` and the hex sha256 over each file's name and sha256 and each
-        ``name==version``, sorted. Where the files lie does not matter, their bytes do.
-    """
-    lines = []
-    for file in files:
-        path = Path(file)
-        stat = path.stat()
-        lines.append(f"{path.name}\t{_file_sha256(str(path), stat.st_size, stat.st_mtime_ns)}")
-    lines.extend(f"{name}=={version}" for name, version in versions.items())
-    return "sha256:" + hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
-
-
-@functools.cache
-def dlib_model_fingerprint() -> str:
-    """The :func:`model_fingerprint` of the ``dlib-resnet`` backends.
-
-    dlib's version (its HOG detector is compiled in) and the ``face_recognition_models``
-    files they load: the 5-point shape predictor, the ResNet descriptor and the CNN face
-    detector.
-    """
-    import dlib
-    import face_recognition_models as models
-
-    return model_fingerprint(
-        [models.pose_predictor_five_point_model_location(),
-         models.face_recognition_model_location(),
-         models.cnn_face_detector_model_location()],
-        versions={"dlib": dlib.__version__},
-    )
-
-
-def _default_model(backend: str) -> str:
-    if backend.startswith("dlib-resnet"):
-        return dlib_model_fingerprint()
-    raise StoreError(
-        f"the embedding cache needs model=... for backend {backend!r}: a key that says "
-        "which model files computed the embeddings (see faceanon.store.model_fingerprint)"
-    )
 
 
 # -- processes: who holds the file, is a run's writer alive --------------------------------
@@ -365,6 +303,13 @@ def _migrate_1_to_2(con: duckdb.DuckDBPyConnection) -> None:
 _MIGRATIONS = {1: _migrate_1_to_2}
 
 
+def _create(con: duckdb.DuckDBPyConnection) -> None:
+    """A new database: the tables of ``schema.sql`` and the default confusion thresholds."""
+    con.execute(_sql("schema.sql"))
+    con.executemany("INSERT INTO confusion_thresholds VALUES (?)",
+                    [[t] for t in CONFUSION_THRESHOLDS])
+
+
 def _schema_version(con: duckdb.DuckDBPyConnection, path: str) -> int:
     """2.. from ``schema_version``; 1 for a faceanon database without it; 0 when empty."""
     tables = {r[0] for r in con.execute(
@@ -431,7 +376,6 @@ class ResultsDB:
         self.heartbeat_interval = HEARTBEAT_INTERVAL
         self._memory = self.path == ":memory:"
         self._con: duckdb.DuckDBPyConnection | None = None
-        self._default_threshold = DEFAULT_THRESHOLD
         self._beating: set[int] = set()
         self._beat_stop = threading.Event()
         self._beat_thread: threading.Thread | None = None
@@ -439,7 +383,7 @@ class ResultsDB:
             if read_only:
                 raise ValueError("an in-memory database cannot be opened read-only")
             self._con = duckdb.connect(":memory:")
-            self._con.execute(_sql("schema.sql"))
+            _create(self._con)
             self._con.execute(_sql("metrics.sql"))
             return
         if read_only and not Path(self.path).exists():
@@ -581,7 +525,7 @@ class ResultsDB:
                 version = _schema_version(con, self.path)
                 self._check_known(version)
                 if version == 0:
-                    con.execute(_sql("schema.sql"))
+                    _create(con)
                     version = SCHEMA_VERSION
                 while version < SCHEMA_VERSION:
                     _MIGRATIONS[version](con)
@@ -632,8 +576,9 @@ class ResultsDB:
                 continue
             try:
                 with self._connect(write=True, timeout=self.heartbeat_interval) as con:
-                    con.execute("UPDATE runs SET heartbeat = ? WHERE list_contains(?, id)",
-                                [_now(), runs])
+                    # a beat taken just before finish_run must not touch the finished run
+                    con.execute("UPDATE runs SET heartbeat = ? WHERE list_contains(?, id) "
+                                "AND status = 'running'", [_now(), runs])
             except (StoreError, duckdb.Error):
                 # A missed beat only ages the heartbeat; the next one tries again, and a
                 # run on this host is judged by its process, not its heartbeat.
@@ -688,8 +633,7 @@ class ResultsDB:
         int
             The run id.
         """
-        threshold = _check_threshold(self._default_threshold if threshold is None
-                                     else threshold)
+        threshold = _check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)
         methods_json = _json(self._checked_methods(methods)) if methods else None
         now = _now()
         with self._connect(write=True) as con:
@@ -1021,7 +965,7 @@ class ResultsDB:
     # -- embedding cache -------------------------------------------------------------
 
     def cached_embeddings(
-        self, backend: str, sha256s: Sequence[str], *, model: str | None = None
+        self, backend: str, sha256s: Sequence[str], *, model: str
     ) -> dict[str, tuple[np.ndarray | None, int]]:
         """Look up cached embeddings.
 
@@ -1030,10 +974,10 @@ class ResultsDB:
         backend : str
         sha256s : sequence of str
             Image hashes to look up.
-        model : str, optional
-            What computed the embeddings (:func:`model_fingerprint`); only embeddings of
-            exactly this model are returned. Default for ``dlib-resnet`` backends:
-            :func:`dlib_model_fingerprint`; other backends must pass it.
+        model : str
+            What computed the embeddings: the backend's ``model_fingerprint()`` (see
+            :func:`faceanon.recognition.model_fingerprint`), which changes with any model
+            file or library version. Only embeddings of exactly this model are returned.
 
         Returns
         -------
@@ -1042,7 +986,7 @@ class ResultsDB:
             embedding is a float64 vector, or None when no face was found. Hashes not
             in the cache are absent.
         """
-        model = _default_model(backend) if model is None else model
+        model = _check_model(model)
         # `_wanted` is read by DuckDB's replacement scan. execute() (unlike sql() or
         # register()) still works when the caller left an unfinished result open.
         _wanted = pa.table({"sha256": pa.array(list(dict.fromkeys(sha256s)),  # noqa: F841
@@ -1063,20 +1007,20 @@ class ResultsDB:
                              else np.asarray(vector, dtype=np.float64), int(faces))
         return out
 
-    def cached_embedding_keys(self, backend: str, *, model: str | None = None) -> set[str]:
+    def cached_embedding_keys(self, backend: str, *, model: str) -> set[str]:
         """The hashes of every image cached for ``backend`` and ``model``.
 
         Parameters
         ----------
         backend : str
-        model : str, optional
+        model : str
             As in :meth:`cached_embeddings`.
 
         Returns
         -------
         set of str
         """
-        model = _default_model(backend) if model is None else model
+        model = _check_model(model)
         with self._connect() as con:
             rows = con.execute("SELECT sha256 FROM embeddings WHERE backend = ? AND model = ?",
                                [backend, model]).fetchnumpy()["sha256"]
@@ -1089,7 +1033,7 @@ class ResultsDB:
         embeddings: Sequence[np.ndarray | None],
         faces_found: Sequence[int],
         *,
-        model: str | None = None,
+        model: str,
     ) -> None:
         """Cache embeddings in bulk; hashes already cached for ``backend`` are kept.
 
@@ -1100,7 +1044,7 @@ class ResultsDB:
         embeddings : sequence of ndarray or None
             One vector per hash (any length, stored as DOUBLE[]), None for "no face".
         faces_found : sequence of int
-        model : str, optional
+        model : str
             As in :meth:`cached_embeddings`.
         """
         n = len(sha256s)
@@ -1108,7 +1052,7 @@ class ResultsDB:
             raise ValueError("sha256s, embeddings and faces_found differ in length")
         if n == 0:
             return
-        model = _default_model(backend) if model is None else model
+        model = _check_model(model)
         lengths = np.array([0 if e is None else np.asarray(e).size for e in embeddings])
         offsets = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
@@ -1132,29 +1076,8 @@ class ResultsDB:
 
     # -- thresholds and metrics ------------------------------------------------------
 
-    def set_threshold(self, threshold: float) -> None:
-        """Deprecated: the decision threshold of runs this object starts later.
-
-        The threshold is stored per run: pass ``threshold=`` to :meth:`start_run`, or
-        change a run's with :meth:`set_run_threshold`. This no longer changes earlier runs.
-        """
-        warnings.warn("ResultsDB.set_threshold is deprecated: the decision threshold is "
-                      "stored per run; pass threshold= to start_run", DeprecationWarning,
-                      stacklevel=2)
-        self._default_threshold = _check_threshold(threshold)
-
-    @property
-    def threshold(self) -> float:
-        """Deprecated: the threshold :meth:`start_run` uses when given none.
-
-        Read a run's own threshold from :meth:`run` (``run(run_id)["threshold"]``).
-        """
-        warnings.warn("ResultsDB.threshold is deprecated: read the run's own threshold, "
-                      "run(run_id)['threshold']", DeprecationWarning, stacklevel=2)
-        return self._default_threshold
-
     def set_confusion_thresholds(self, thresholds: Sequence[float]) -> None:
-        """Replace the extra thresholds of the ``confusion`` view (default 0.6, 0.575).
+        """Replace the extra thresholds of the ``confusion`` view (:data:`CONFUSION_THRESHOLDS`).
 
         Parameters
         ----------

@@ -16,6 +16,7 @@ from faceanon.protocol import (
     CaseError,
     Mode,
     OnMiss,
+    OnMissError,
     Variant,
     image_rng,
     set_rng,
@@ -43,7 +44,9 @@ def test_a_new_database_uses_the_decision_threshold():
     from faceanon.store import ResultsDB
 
     with ResultsDB(":memory:") as db:
-        assert db.threshold == DECISION_THRESHOLD
+        run = db.start_run(name=None, dataset_name="toy", dataset_fingerprint="-", config={},
+                           git_commit=None, git_dirty=None, packages={}, machine={})
+        assert db.run(run)["threshold"] == DECISION_THRESHOLD
         assert DECISION_THRESHOLD in db.confusion_thresholds()
 
 
@@ -105,3 +108,6 @@ def test_image_rng_depends_on_every_part():
 
 def test_no_miss_policy_publishes_an_image_unchanged():
     assert {policy.value for policy in OnMiss} == {"whole", "skip", "fail"}
+    assert OnMiss.parse("skip") is OnMiss.SKIP and OnMiss.parse(OnMiss.FAIL) is OnMiss.FAIL
+    with pytest.raises(OnMissError, match="unknown on_miss 'publish'"):
+        OnMiss.parse("publish")

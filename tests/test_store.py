@@ -103,17 +103,6 @@ def test_new_database_defaults():
             _start(db, threshold=float("nan"))
 
 
-def test_deprecated_database_threshold_only_sets_later_runs():
-    with ResultsDB(":memory:") as db:
-        first = _start(db)
-        with pytest.warns(DeprecationWarning, match="per run"):
-            db.set_threshold(0.4)
-        second = _start(db)
-        with pytest.warns(DeprecationWarning):
-            assert db.threshold == 0.4
-        assert db.run(first)["threshold"] == 0.6 and db.run(second)["threshold"] == 0.4
-
-
 def test_read_only_needs_existing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         ResultsDB(tmp_path / "missing.duckdb", read_only=True)
@@ -258,35 +247,12 @@ def test_embedding_cache_never_mixes_models():
         np.testing.assert_array_equal(
             db.cached_embeddings("dlib-resnet:hog:up1:jit1", ["s"], model="old")["s"][0],
             np.ones(3))
-        # dlib-resnet backends default to the fingerprint of dlib and its model files
-        db.store_embeddings("dlib-resnet:hog:up1:jit1", ["t"], [np.ones(3)], [1])
-        assert db.con.execute("SELECT model FROM embeddings WHERE sha256 = 't'").fetchall() \
-            == [(store.dlib_model_fingerprint(),)]
-        # any other backend must say what computed its embeddings
-        with pytest.raises(StoreError, match="model="):
-            db.cached_embeddings("torch-resnet", ["s"])
-
-
-def test_model_fingerprint_follows_bytes_and_versions(tmp_path):
-    weights = tmp_path / "a" / "model.dat"
-    weights.parent.mkdir()
-    weights.write_bytes(b"weights one")
-    moved = tmp_path / "b" / "model.dat"
-    moved.parent.mkdir()
-    moved.write_bytes(b"weights one")
-    key = store.model_fingerprint([weights], versions={"dlib": "19.24.6"})
-    assert key.startswith("sha256:") and len(key) == 7 + 64
-    assert store.model_fingerprint([moved], versions={"dlib": "19.24.6"}) == key
-    assert store.model_fingerprint([weights], versions={"dlib": "20.0.0"}) != key
-    weights.write_bytes(b"weights two")          # replaced in place: hashed again
-    assert store.model_fingerprint([weights], versions={"dlib": "19.24.6"}) != key
-    real = store.dlib_model_fingerprint()
-    import dlib
-    import face_recognition_models as models
-    assert real == store.model_fingerprint(
-        [models.face_recognition_model_location(),
-         models.pose_predictor_five_point_model_location(),
-         models.cnn_face_detector_model_location()], versions={"dlib": dlib.__version__})
+        # every backend must say what computed its embeddings
+        with pytest.raises(TypeError, match="model"):
+            db.cached_embeddings("dlib-resnet:hog:up1:jit1", ["s"])
+        with pytest.raises(ValueError, match="model must name"):
+            db.store_embeddings("dlib-resnet:hog:up1:jit1", ["s"], [np.ones(3)], [1],
+                                model="")
 
 
 def test_delete_run_keeps_other_runs_and_cache():
