@@ -57,10 +57,7 @@ class Settings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        try:
-            on_miss = OnMiss(self.on_miss)
-        except ValueError:
-            on_miss = None
+        on_miss = OnMiss.parse(self.on_miss)  # an unknown policy: OnMissError
         if on_miss is not OnMiss.WHOLE:
             raise EvaluationError(
                 f"on_miss={self.on_miss!r} cannot be measured: every image needs an "
@@ -93,12 +90,25 @@ class Encoded:
 
 
 @dataclass(frozen=True)
-class CaseResult:
-    """What :meth:`Evaluation.run_case` stored, and what the images of the case cost.
+class ComparedCase:
+    """One case measured by :meth:`Evaluation.compare`, not yet stored.
 
-    ``per_image`` maps ``"anonymize"`` and ``"recognize"`` to seconds per image (only
-    images that were really anonymized or encoded in this run: cached embeddings cost
-    nothing and are left out).
+    ``scores`` holds the columns of :meth:`faceanon.store.ResultsDB.write_case`'s
+    ``scores``; ``per_image`` maps ``"anonymize"`` and ``"recognize"`` to seconds per
+    image (only images that were really anonymized or encoded in this run: cached
+    embeddings cost nothing and are left out).
+    """
+
+    case: Case
+    scores: dict
+    per_image: dict[str, list[float]]
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """What :meth:`Evaluation.store` stored (its case id), and what the images cost.
+
+    ``per_image`` is :attr:`ComparedCase.per_image`.
     """
 
     case_id: int
@@ -250,6 +260,8 @@ class Evaluation:
         self.workers = workers or os.cpu_count() or 1
         self.chunksize = chunksize
         self.backend = get_backend(self.settings.backend, **self.settings.backend_options)
+        #: What computes the embeddings: the key of the embedding cache besides the name.
+        self.model = self.backend.model_fingerprint()
         self.samples: dict[str, Sample] = {s.key: s for s in (*split.gallery, *split.probes)}
         self._methods: dict[str, Method] = dict(methods or {})
         self._originals: dict[str, Encoded] | None = None
@@ -257,6 +269,9 @@ class Evaluation:
         self._plan: list[Variant] = []
         self._pending: dict[Variant, Iterator[Encoded]] = {}
         self._pool: ProcessPoolExecutor | None = None
+        # Image rows made but not yet stored: they go with the next case stored, in its
+        # transaction, so that no image row exists without a case that used it.
+        self._unstored_images: list[dict[str, list]] = []
 
     def method(self, name: str) -> Method:
         """The method called ``name``, made on first use and kept for the evaluation."""
@@ -285,7 +300,7 @@ class Evaluation:
         return self._pool.map(function, tasks, chunksize=self.chunksize)
 
     def _known_keys(self) -> frozenset[str]:
-        return frozenset(self.db.cached_embedding_keys(self.backend.name))
+        return frozenset(self.db.cached_embedding_keys(self.backend.name, model=self.model))
 
     def close(self) -> None:
         if self._pool is not None:
@@ -302,7 +317,8 @@ class Evaluation:
                 variant: Variant | None) -> dict[str, Encoded]:
         results = list(results)
         missing = [r.sha256 for r in results if r.encoding.faces_found < 0]
-        cached = self.db.cached_embeddings(self.backend.name, missing) if missing else {}
+        cached = (self.db.cached_embeddings(self.backend.name, missing, model=self.model)
+                  if missing else {})
         fresh: dict[str, Encoded] = {}
         for result in results:
             if result.encoding.faces_found < 0:
@@ -316,20 +332,18 @@ class Evaluation:
                 list(fresh),
                 [r.encoding.embedding for r in fresh.values()],
                 [r.encoding.faces_found for r in fresh.values()],
+                model=self.model,
             )
-        self.db.add_images(
-            self.run_id,
-            {
-                "key": [r.key for r in results],
-                "role": [role] * len(results),
-                "method": [None if variant is None else variant.method] * len(results),
-                "k": [None if variant is None else variant.k] * len(results),
-                "sha256": [r.sha256 for r in results],
-                "acquired": [r.encoding.acquired for r in results],
-                "faces_found": [r.encoding.faces_found for r in results],
-                "backend": [self.backend.name] * len(results),
-            },
-        )
+        self._unstored_images.append({
+            "key": [r.key for r in results],
+            "role": [role] * len(results),
+            "method": [None if variant is None else variant.method] * len(results),
+            "k": [None if variant is None else variant.k] * len(results),
+            "sha256": [r.sha256 for r in results],
+            "acquired": [r.encoding.acquired for r in results],
+            "faces_found": [r.encoding.faces_found for r in results],
+            "backend": [self.backend.name] * len(results),
+        })
         return {r.key: r for r in results}
 
     def originals(self) -> dict[str, Encoded]:
@@ -401,8 +415,8 @@ class Evaluation:
             tasks.extend((s.key, a, per_image) for s, a in zip(group, anonymized, strict=True))
         return tasks
 
-    def run_case(self, case: Case) -> CaseResult:
-        """Compare every probe with every gallery image for one case and store the scores.
+    def compare(self, case: Case) -> ComparedCase:
+        """Compare every probe with every gallery image for one case (nothing is stored).
 
         Parameters
         ----------
@@ -411,9 +425,9 @@ class Evaluation:
 
         Returns
         -------
-        CaseResult
-            The stored case's id, the case with its ``k`` as checked by its method, and
-            the seconds per image it took to anonymize and encode.
+        ComparedCase
+            The case with its ``k`` as checked by its method, its scores, and the seconds
+            per image it took to anonymize and encode.
         """
         originals = self.originals()
         variant = None if case.variant is None else self.canonical(case.variant)
@@ -429,7 +443,51 @@ class Evaluation:
         probe_ids = np.array([p.identity for p in probes])
         gallery_ids = np.array([g.identity for g in gallery])
         mated = probe_ids[:, None] == gallery_ids[None, :]
-        case_id = self.db.add_case(
+        n_p, n_g = len(probes), len(gallery)
+        scores = {
+            "probe": np.repeat([p.key for p in probes], n_g),
+            "gallery": np.tile([g.key for g in gallery], n_p),
+            "mated": mated.ravel(),
+            "distance": distances.ravel(),
+            "probe_acquired": np.repeat([probe_side[p.key].encoding.acquired for p in probes],
+                                        n_g),
+            "gallery_enrolled": np.tile([gallery_side[g.key].encoding.acquired
+                                         for g in gallery], n_p),
+        }
+        used = [*(probe_side[p.key] for p in probes), *(gallery_side[g.key] for g in gallery)]
+        per_image = {
+            "anonymize": [] if variant is None else [r.anonymize_seconds
+                                                     for r in anonymized.values()],
+            "recognize": [r.encode_seconds for r in used if r.encode_seconds > 0],
+        }
+        return ComparedCase(case, scores, per_image)
+
+    def store(self, compared: ComparedCase, *, timings=()) -> CaseResult:
+        """Store a compared case in ONE transaction (:meth:`ResultsDB.write_case`).
+
+        The case's row, its scores, its timings and the image rows made since the last
+        case was stored (the originals with the first case, a variant's images with its
+        first case) are written together: a process killed at any moment leaves the case
+        complete or absent.
+
+        Parameters
+        ----------
+        compared : ComparedCase
+            From :meth:`compare`.
+        timings : sequence of dict, optional
+            Timing rows of the case (``ResultsDB.add_timings``).
+
+        Returns
+        -------
+        CaseResult
+        """
+        case = compared.case
+        images = None
+        if self._unstored_images:
+            images = {column: [value for rows in self._unstored_images
+                               for value in rows[column]]
+                      for column in self._unstored_images[0]}
+        case_id = self.db.write_case(
             self.run_id,
             method=case.stored_method,
             k=case.k,
@@ -437,21 +495,13 @@ class Evaluation:
             detector=self.settings.detector,
             backend=self.backend.name,
             options={"region": self.settings.region, "margin": self.settings.margin},
+            scores=compared.scores,
+            images=images,
+            timings=list(timings) or None,
         )
-        n_p, n_g = len(probes), len(gallery)
-        self.db.add_scores(
-            case_id,
-            probe=np.repeat([p.key for p in probes], n_g),
-            gallery=np.tile([g.key for g in gallery], n_p),
-            mated=mated.ravel(),
-            distance=distances.ravel(),
-            probe_acquired=np.repeat([probe_side[p.key].encoding.acquired for p in probes], n_g),
-            gallery_enrolled=np.tile([gallery_side[g.key].encoding.acquired for g in gallery], n_p),
-        )
-        used = [*(probe_side[p.key] for p in probes), *(gallery_side[g.key] for g in gallery)]
-        per_image = {
-            "anonymize": [] if variant is None else [r.anonymize_seconds
-                                                     for r in anonymized.values()],
-            "recognize": [r.encode_seconds for r in used if r.encode_seconds > 0],
-        }
-        return CaseResult(case_id, case, per_image)
+        self._unstored_images = []
+        return CaseResult(case_id, case, compared.per_image)
+
+    def run_case(self, case: Case, *, timings=()) -> CaseResult:
+        """:meth:`compare` a case and :meth:`store` it (with ``timings``, if given)."""
+        return self.store(self.compare(case), timings=timings)

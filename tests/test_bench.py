@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import duckdb
 import pytest
 from archives import GOOD, make_archive
 
-from faceanon.benchmark.bounds import BoundsError, check_bounds, load_bounds
+from faceanon.benchmark.bounds import BoundsError, check_bounds, check_patterns, load_bounds
 from faceanon.benchmark.grids import cases, variants
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,8 +59,30 @@ def test_case_labels_are_readable_and_selectable():
         "blur-k15", "blur-k90", "mask"]
 
 
+SELECTION_BOUNDS = """
+# the clear baseline and blur are not selected by -k pixelate: no error, not checked
+[[bound]]
+case = "clear"
+metric = "eer"
+max = 0.0
+
+[[bound]]
+case = "blur-k90-*"
+metric = "rank1"
+max = -1.0
+
+[[bound]]
+case = "pixelate-*"
+metric = "n_unchanged"
+max = 0
+"""
+
+
 def test_k_selection_writes_only_those_cases(lfw, tmp_path):
-    result = run_bench(tmp_path, "-k", "pixelate", "--bench-data", str(lfw.root))
+    bounds = tmp_path / "bounds.toml"
+    bounds.write_text(SELECTION_BOUNDS)
+    result = run_bench(tmp_path, "-k", "pixelate", "--bench-data", str(lfw.root),
+                       "--bench-thresholds", str(bounds))
     assert result.returncode == 0, result.stdout + result.stderr
     with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as con:
         methods = {m for (m,) in con.execute("SELECT DISTINCT method FROM cases").fetchall()}
@@ -98,20 +121,128 @@ def test_interrupted_run_is_marked(lfw, tmp_path):
             ("interrupted", True)]
 
 
+# Ctrl-C during the second case, then Ctrl-C again while pytest handles the first one, as
+# `timeout -s INT` or an impatient user does: pytest then finishes the session with its
+# exit status still "OK".
+DOUBLE_INTERRUPT = '''
+import os, signal
+calls = 0
+def pytest_runtest_call(item):
+    global calls
+    calls += 1
+    if calls == 2:
+        os.kill(os.getpid(), signal.SIGINT)
+
+def pytest_keyboard_interrupt(excinfo):
+    os.kill(os.getpid(), signal.SIGINT)
+'''
+
+
+def test_a_double_interrupt_never_marks_the_run_complete(lfw, tmp_path):
+    result = run_bench(tmp_path, "-k", "test_privacy and blur", "--bench-data", str(lfw.root),
+                       plugins={"interrupter": DOUBLE_INTERRUPT})
+    assert result.returncode != 0, result.stdout + result.stderr
+    with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT status, finished IS NOT NULL FROM runs").fetchall() == [
+            ("interrupted", True)]
+        assert con.execute("SELECT count(*) FROM cases").fetchall() == [(1,)]
+
+
+# A blur that forgot to blur: it passes rank-1 bounds on a few people, but publishes
+# every face as it was.
+IDENTITY_BLUR = '''
+import numpy as np
+import faceanon.methods
+
+def unchanged(self, image, boxes, *, k=None, rng):
+    return np.array(image, copy=True)
+
+faceanon.methods.Blur.anonymize = unchanged
+'''
+
+
+def test_a_method_that_changes_nothing_fails_every_case(lfw, tmp_path):
+    result = run_bench(tmp_path, "-k", "test_privacy", "--bench-methods", "blur",
+                       "--bench-k", "15", "--bench-modes", "naive,reverse",
+                       "--bench-workers", "1", "--bench-data", str(lfw.root),
+                       plugins={"identity": IDENTITY_BLUR})
+    assert result.returncode == pytest.ExitCode.TESTS_FAILED, result.stdout + result.stderr
+    out = result.stdout
+    for label in ("blur-k15-naive", "blur-k15-reverse"):
+        assert (f"{label}: 8 of 8 anonymized images are identical to their originals"
+                in out), out
+    assert "2 failed" in out
+    with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as con:
+        # the cases were measured and stored: they failed a check, not the run
+        assert con.execute("SELECT status FROM runs").fetchall() == [("complete",)]
+
+
 def test_bounds_name_metric_bound_and_value(tmp_path):
     bounds = [{"case": "clear", "metric": "eer", "max": 0.05},
-              {"case": "blackout-*", "metric": "geer", "min": 0.45}]
+              {"case": "blackout-*", "metric": "fta", "min": 0.9}]
     assert check_bounds("clear", {"eer": 0.01}, bounds) == []
     (problem,) = check_bounds("clear", {"eer": 0.2}, bounds)
     assert "eer" in problem and "0.05" in problem and "0.2000" in problem
-    (problem,) = check_bounds("blackout-naive", {"geer": 0.3}, bounds)
-    assert "below its bound 0.45" in problem
+    (problem,) = check_bounds("blackout-naive", {"fta": 0.3}, bounds)
+    assert "below its bound 0.9" in problem
     assert check_bounds("blur-k5-naive", {"eer": 0.9}, bounds) == []
+    (problem,) = check_bounds("clear", {"fta": 0.0}, bounds)
+    assert "no metric 'eer'" in problem
+    (problem,) = check_bounds("clear", {"eer": None}, bounds)
+    assert "eer is undefined" in problem
+    geer = [{"case": "noise-*", "metric": "geer", "min": 0.3}]
+    (problem,) = check_bounds("noise-k30-naive", {"geer": None, "geer_crossed": False}, geer)
+    assert "geer is not reached" in problem
     assert load_bounds(ROOT / "bench" / "thresholds.toml"), "CI's bounds file parses"
+
+
+def test_min_acquired_fails_an_eer_that_rests_on_too_few_faces():
+    bounds = [{"case": "blur-*", "metric": "eer", "max": 0.3, "min_acquired": 20}]
+    assert check_bounds("blur-k15-naive", {"eer": 0.1, "n_mated_acquired": 20}, bounds) == []
+    (problem,) = check_bounds("blur-k15-naive", {"eer": 0.1, "n_mated_acquired": 7}, bounds)
+    assert "rests on 7 acquired mated comparisons" in problem
+    assert "min_acquired = 20" in problem
+    (problem,) = check_bounds("blur-k15-naive", {"eer": 0.5, "n_mated_acquired": 40}, bounds)
+    assert "above its bound 0.3" in problem
+
+
+@pytest.mark.parametrize("text, message", [
+    ('case = "clear"\nmetric = "eer"\n', "bound 1 needs case, metric and min or max"),
+    ('case = "clear"\nmetric = "eer"\nmx = 0.1\n', "unknown key(s) mx"),
+    ('case = "clear"\nmetric = "eer"\nmax = "0.1"\n', "max must be a number"),
+    ('case = "clear"\nmetric = "eer"\nmin = 0.5\nmax = 0.1\n', "every value fails"),
+    ('case = "clear"\nmetric = "eer"\nmax = 0.1\nmin_acquired = 0\n',
+     "min_acquired must be a whole number >= 1"),
+    ('case = "clear"\nmetric = "eer"\nmax = 0.1\nattack = "median"\n',
+     "attack 'median' is not one this faceanon measures (detect)"),
+])
+def test_a_bound_that_cannot_be_checked_is_an_error(tmp_path, text, message):
     broken = tmp_path / "broken.toml"
-    broken.write_text('[[bound]]\ncase = "clear"\nmetric = "eer"\n')
-    with pytest.raises(BoundsError, match="broken.toml: bound 1 needs"):
+    broken.write_text("[[bound]]\n" + text)
+    with pytest.raises(BoundsError, match=re.escape(f"{broken}: ") + ".*" + re.escape(message)):
         load_bounds(broken)
+    attack = tmp_path / "attack.toml"
+    attack.write_text('[[bound]]\ncase = "clear"\nmetric = "eer"\nmax = 0.1\n'
+                      'attack = "detect"\n')
+    assert load_bounds(attack)[0]["attack"] == "detect"
+
+
+def test_a_pattern_that_matches_no_case_of_the_grid_is_an_error(lfw, tmp_path):
+    labels = [c.label for c in cases("smoke")]
+    bounds = [{"case": "clear", "metric": "eer", "max": 0.1},
+              {"case": "pixelate-k31-*", "metric": "rank1", "max": 0.1}]
+    with pytest.raises(BoundsError, match=r"b.toml: bound\(s\) 2 \('pixelate-k31-\*'\) "
+                                          r"match no case of the smoke grid"):
+        check_patterns(bounds, labels, source="b.toml", grid="smoke")
+    check_patterns(bounds[:1], labels, source="b.toml", grid="smoke")
+    # the benchmark refuses it at collection, in one line, before measuring anything
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[[bound]]\ncase = "pixelat-k30-naive"\nmetric = "rank1"\nmin = 0.7\n')
+    result = run_bench(tmp_path, "-k", "pixelate", "--bench-data", str(lfw.root),
+                       "--bench-thresholds", str(typo))
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
+    assert "typo.toml: bound(s) 1 ('pixelat-k30-naive') match no case" in result.stderr
+    assert not (tmp_path / "r.duckdb").exists()
 
 
 def test_without_data_collection_fails_once_with_how_to_get_it(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from faceanon.datasets import protocol_split
 from faceanon.pipeline import Evaluation, EvaluationError, Settings
-from faceanon.protocol import Case, CaseError
+from faceanon.protocol import Case, CaseError, OnMissError
 from faceanon.store import ResultsDB
 
 
@@ -95,6 +95,12 @@ def test_mode_and_method_must_agree():
         Case("blur", 5, "sideways")
     with pytest.raises(EvaluationError, match="cannot be measured"):
         Settings(on_miss="skip")
+
+
+def test_an_unknown_miss_policy_is_refused_in_the_pipeline_as_in_the_cli():
+    # An unknown policy would leave a missed face as it is: refused, never taken as one.
+    with pytest.raises(OnMissError, match=r"unknown on_miss 'ignore'; use one of whole"):
+        Settings(on_miss="ignore")
 
 
 def test_each_method_is_made_once_per_evaluation(lfw, tmp_path, monkeypatch):

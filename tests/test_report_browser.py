@@ -22,7 +22,7 @@ import pytest
 
 from faceanon.datasets import protocol_split
 from faceanon.pipeline import Evaluation, Settings
-from faceanon.protocol import Case
+from faceanon.protocol import DECISION_THRESHOLD, Case
 from faceanon.report import render_report
 from faceanon.store import ResultsDB
 
@@ -77,17 +77,18 @@ def real_report(lfw, tmp_path_factory) -> Path:
             name="browser test <b>run</b>", dataset_name=lfw.name,
             dataset_fingerprint=lfw.fingerprint,
             config={"identities": IDENTITIES, **split.summary(), **settings.as_dict(),
-                    "threshold": db.threshold, "dataset_root": str(lfw.root)},
-            git_commit=None, git_dirty=None, packages={}, machine={})
+                    "dataset_root": str(lfw.root)},
+            git_commit=None, git_dirty=None, packages={}, machine={},
+            threshold=DECISION_THRESHOLD)
         with Evaluation(lfw, split, db=db, run_id=run, settings=settings,
                         workers=1) as evaluation:
             for case in CASES:
-                result = evaluation.run_case(Case(*case))
-                db.add_timings(result.case_id, [
+                compared = evaluation.compare(Case(*case))
+                evaluation.store(compared, timings=[
                     {"name": name, "mean": sum(values) / len(values), "min": min(values),
                      "median": sorted(values)[len(values) // 2], "stddev": 0.0,
                      "rounds": len(values)}
-                    for name, values in result.per_image.items() if values])
+                    for name, values in compared.per_image.items() if values])
         db.finish_run(run, "complete")
     return render_report(folder / "results.duckdb", folder / "report", identities=3)
 

@@ -65,11 +65,12 @@ class BenchRun:
     run_id : int or None
         The database run, once the first privacy case has started it.
     case_ids : list of int
-        The cases measured so far, in order.
+        The cases measured and stored so far, in order.
     errors : int
         Cases that raised (the run is then stored as ``failed``).
     status : str or None
-        The run's final status, once the session has finished.
+        The run's final status, once the session has finished: ``complete`` only when
+        every selected case was measured and stored (see :meth:`finish`).
     """
 
     def __init__(self, config: pytest.Config):
@@ -134,8 +135,9 @@ class BenchRun:
         faceanon.errors.FaceanonError
             No data (the message says how to get it), a bad bounds file, a bad option.
         """
-        from faceanon.benchmark.bounds import load_bounds
+        from faceanon.benchmark.bounds import check_patterns, load_bounds
         from faceanon.benchmark.grids import DEFAULT_IDENTITIES
+        from faceanon.benchmark.grids import cases as grid_cases
         from faceanon.datasets import protocol_split
         from faceanon.detect import REGIONS, DetectorError, get_detector
 
@@ -147,6 +149,14 @@ class BenchRun:
                                     seed=self.option("seed"))
         path = self.option("thresholds")
         self.bounds = load_bounds(path) if path else []
+        if self.bounds:
+            # Patterns are checked against the whole grid (plus any method named outside
+            # it), not the cases -k and the other options leave: `pytest bench -k
+            # pixelate --bench-thresholds ...` must still work.
+            grid = self.option("grid")
+            labels = {c.label for c in grid_cases(grid)} | {c.label for c in
+                                                            self.planned_cases()}
+            check_patterns(self.bounds, labels, source=path, grid=grid)
         get_detector(self.option("detector"))  # an unknown name fails here, once
         if self.option("region") not in REGIONS:
             raise DetectorError(f"unknown region {self.option('region')!r}; choose one of "
@@ -192,25 +202,26 @@ class BenchRun:
         from faceanon.store import ResultsDB
 
         settings = self.settings
-        threshold = self.option("threshold")
+        for case in self.planned:
+            if case.method is not None:
+                self.method(case.method)
         self.db = ResultsDB(self.db_path)
-        self.db.set_threshold(threshold)
         commit, dirty = provenance.git_state(Path(self.config.rootpath))
         self.run_id = self.db.start_run(
             name=self.option("run-name"),
             dataset_name=self.dataset.name,
             dataset_fingerprint=self.dataset.fingerprint,
             config={"grid": self.option("grid"), "identities": len(self.split.identities),
-                    **self.split.summary(), **settings.as_dict(), "threshold": threshold,
+                    **self.split.summary(), **settings.as_dict(),
                     "dataset_root": str(self.dataset.root)},
             git_commit=commit,
             git_dirty=dirty,
             packages=provenance.package_versions(),
             machine=provenance.machine(),
+            threshold=self.option("threshold"),
+            # what each method is, and for a generative one the sha256 of its weights
+            methods={name: method.describe() for name, method in self._methods.items()},
         )
-        for case in self.planned:
-            if case.method is not None:
-                self.method(case.method)
         self.evaluation = Evaluation(self.dataset, self.split, db=self.db, run_id=self.run_id,
                                      settings=settings, workers=self.option("workers"),
                                      methods=self._methods)
@@ -220,10 +231,15 @@ class BenchRun:
     def measure(self, case: Case) -> dict:
         """Measure one case, store it with its timings, and fail it if it crosses a bound.
 
-        The timings stored are seconds per image to anonymize and to encode (as the
-        pipeline measured them) and ``case_wall_time``, the seconds the whole case took
-        here, including making and encoding its variant's images when this case was the
-        first to need them.
+        The case's scores, images and timings are stored in one transaction. The timings
+        are seconds per image to anonymize and to encode (as the pipeline measured them)
+        and ``case_wall_time``, the seconds the case took here to measure, including
+        making and encoding its variant's images when this case was the first to need
+        them.
+
+        Besides the bounds, every case of an anonymization method fails when one of its
+        anonymized images is identical to its original (``n_unchanged``): the method
+        published a face as it was, whatever the recognizer makes of it.
 
         Returns
         -------
@@ -233,20 +249,24 @@ class BenchRun:
         evaluation = self.start()
         started = time.perf_counter()
         try:
-            result = evaluation.run_case(case)
+            compared = evaluation.compare(case)
+            wall = time.perf_counter() - started
+            rows = [_stats(name, values, "seconds per image")
+                    for name, values in compared.per_image.items() if values]
+            rows.append(_stats("case_wall_time", [wall], "seconds per case"))
+            result = evaluation.store(compared, timings=rows)
         except Exception:
             self.errors += 1
             raise
-        wall = time.perf_counter() - started
         self.case_ids.append(result.case_id)
-        rows = [_stats(name, values, "seconds per image")
-                for name, values in result.per_image.items() if values]
-        rows.append(_stats("case_wall_time", [wall], "seconds per case"))
-        self.db.add_timings(result.case_id, rows)
         metrics = self.db.one_case_metrics(result.case_id)
         from faceanon.benchmark.bounds import check_bounds
 
         problems = check_bounds(result.case.label, metrics, self.bounds)
+        if metrics.get("n_unchanged"):
+            problems.insert(0, f"{result.case.label}: {metrics['n_unchanged']} of "
+                               f"{metrics['n_anonymized']} anonymized images are identical "
+                               "to their originals: the method published them unchanged")
         if problems:
             pytest.fail("; ".join(problems), pytrace=False)
         return metrics
@@ -332,20 +352,36 @@ class BenchRun:
     # -- the end -------------------------------------------------------------------------
 
     def finish(self, exitstatus) -> None:
-        """Close the evaluation and record the run's final status."""
+        """Record the run's final status, then close the evaluation.
+
+        ``complete`` only when every selected case was measured and stored and the
+        session was not interrupted; ``failed`` when a case raised; otherwise
+        ``interrupted``. A second Ctrl-C while pytest handles the first reaches this hook
+        with pytest's exit status still OK; counting the cases stored keeps such a run
+        ``interrupted``. The status is written before the worker pool is shut down, so
+        that a Ctrl-C during the shutdown cannot leave the run ``running``.
+        """
         if self.run_id is None:
             return
-        if self.evaluation is not None:
-            self.evaluation.close()
-        if exitstatus == pytest.ExitCode.INTERRUPTED:
-            status = "interrupted"
-        elif self.errors:
+        if self.errors:
             status = "failed"
+        elif exitstatus == pytest.ExitCode.INTERRUPTED or len(self.case_ids) < len(self.planned):
+            status = "interrupted"
         else:
             # Cases that crossed a regression bound still measured what they should.
             status = "complete"
-        self.db.finish_run(self.run_id, status)
-        self.status = status
+        try:
+            self.db.finish_run(self.run_id, status)
+        except KeyboardInterrupt:
+            # Ctrl-C while recording the status: record that, then stop.
+            status = "interrupted"
+            self.db.finish_run(self.run_id, status)
+            raise
+        finally:
+            self.status = status
+            self.db.close()  # stops the heartbeat; later reads open the file again
+            if self.evaluation is not None:
+                self.evaluation.close()
 
     def summary_lines(self) -> list[str]:
         """The end-of-session table: one line per measured case."""
