@@ -11,9 +11,14 @@ transform taking its eye centres, nose tip and mouth corners from dlib's 68 land
 2. the cluster's pixel-wise average replaces every member, and the members are removed from
    further selection.
 
-Every output face is therefore the same average for at least ``k`` people, which is the
-paper's guarantee: a recognizer that matches a de-identified face against the originals can
-be right for at most one in ``k`` of them (rank-1 <= 1/k in the aligned frame).
+Every output face is therefore the same average of at least ``k`` faces of the set. The
+clusters group faces, not people (:func:`k_same_clusters`): the average stands for ``k``
+people only when each person gives the set one face, as in each of the benchmark's sets
+(one gallery image, one probe per person). Newton et al.'s guarantee (a recognizer that
+matches a de-identified face against the very originals it was made from is right for at
+most one in ``k`` of them, rank-1 <= 1/k in the aligned frame) rests on that and on the
+average being the same image for every member; here it is warped back into each member's
+own photograph, so the guarantee is the paper's, not a property this code proves.
 
 Distances are measured in pixel space (not PCA), over an ellipse covering the inner face in
 the aligned frame, on colour pixels: the set is usually small, and pixel space needs nothing
@@ -121,7 +126,7 @@ class KSame(Method):
     """
 
     name = "ksame"
-    k_meaning = "faces averaged together: every replacement face stands for at least k people"
+    k_meaning = "faces averaged together: every replacement face is the average of at least k faces"
     k_range = (2, None)
     neutral_k = None
     stronger = "higher"
