@@ -1252,26 +1252,6 @@ class ResultsDB:
                    WHERE c.run_id = ? AND t.unit = 'seconds per image'""", [run_id]).fetchall()
         return {(int(case), name): mean for case, name, mean in rows}
 
-    def mated_acquired(self, run_id: int) -> dict[int, int]:
-        """Per case of a run, how many mated comparisons have a distance (both faces found).
-
-        Parameters
-        ----------
-        run_id : int
-            The run whose comparisons are counted.
-
-        Returns
-        -------
-        dict
-            ``case_id -> count``; cases without scores are absent.
-        """
-        with self._connect() as con:
-            rows = con.execute(
-                """SELECT s.case_id, count(s.distance) FILTER (WHERE s.mated)
-                   FROM scores s JOIN cases c ON c.id = s.case_id
-                   WHERE c.run_id = ? GROUP BY s.case_id""", [run_id]).fetchall()
-        return {int(case): int(count) for case, count in rows}
-
     def det_points(self, run_id: int) -> dict[int, dict[str, np.ndarray]]:
         """The classic DET curve (the ``det_curve`` view) of every case of a run.
 

@@ -32,13 +32,17 @@ CASES = [
 
 
 def add_run(db: ResultsDB, *, name: str | None = "synthetic", status: str | None = "complete",
-            shift: float = 0.0, seed: int = 0, cases=CASES) -> int:
-    """A run of synthetic cases; ``shift`` moves every mated distance (a regression test)."""
+            shift: float = 0.0, seed: int = 0, cases=CASES, threshold: float = 0.6,
+            identities: int = N) -> int:
+    """A run of synthetic cases; ``shift`` moves every mated distance (a regression test).
+
+    ``identities`` is what the run's config says (the protocol); the scores always have N.
+    """
     rng = np.random.default_rng(seed)
     run = db.start_run(name=name, dataset_name="synthetic", dataset_fingerprint="f" * 64,
-                       config={"identities": N, "seed": 0, "threshold": 0.6},
+                       config={"identities": identities, "seed": 0},
                        git_commit="0123456789abcdef", git_dirty=False, packages={},
-                       machine={})
+                       machine={}, threshold=threshold)
     probes = np.repeat([f"p{i:02d}/probe.jpg" for i in range(N)], N)
     gallery = np.tile([f"p{i:02d}/gallery.jpg" for i in range(N)], N)
     mated = np.repeat(np.arange(N), N) == np.tile(np.arange(N), N)
@@ -108,18 +112,53 @@ def test_default_run_is_the_newest_complete_one(tmp_path):
     assert 'data-status="running"' in page
 
 
-@pytest.mark.parametrize("status", ["running", "interrupted", "failed"])
+@pytest.mark.parametrize("status", ["running", "interrupted", "failed", "crashed"])
 def test_unfinished_run_is_marked(tmp_path, status):
     path = tmp_path / "results.duckdb"
     with ResultsDB(path) as db:
         add_run(db, name="done")
-        unfinished = add_run(db, name="partial", status=None if status == "running" else status)
+        unfinished = add_run(db, name="partial",
+                             status=status if status in ("interrupted", "failed") else None)
+        if status == "crashed":  # its process is gone: readers show it crashed
+            db.con.execute("UPDATE runs SET pid = 2147483000 WHERE id = ?", [unfinished])
     page = render_report(path, tmp_path / "report", run_ids=[unfinished],
                          identities=0).read_text()
     banner = page[page.index('id="run-banner"'):]
     assert f"is <b>{status}</b>" in banner[:400]
     assert "partial" in banner[:400]
+    assert f'<span class="badge {status}">{status}</span>' in page
 
+
+def test_a_generalized_eer_that_is_not_reached_says_so(db_path, tmp_path):
+    page = render_report(db_path, tmp_path / "report", identities=0).read_text()
+    table = page[page.index('id="leaderboard-table"'):]
+    table = table[:table.index("</table>")]
+    # blackout: no probe has a face, the generalized curves never cross
+    (cell,) = re.findall(r'<td[^>]*data-geer-crossed="false"[^>]*>([^<]*)</td>', table)
+    assert cell == "not reached"
+    assert "50.0" not in table.split('data-geer-crossed="false"')[1][:40]
+    assert 'id="geer-not-reached"' in page and "blackout naive" in page
+
+
+def test_each_run_is_read_at_its_own_threshold(tmp_path):
+    path = tmp_path / "results.duckdb"
+    with ResultsDB(path) as db:
+        loose = add_run(db, name="loose", seed=4, threshold=0.7)
+        strict = add_run(db, name="strict", seed=4, threshold=0.5)
+        fmr = {run: db.case_metrics(run_id=run)[0]["fmr"] for run in (loose, strict)}
+    assert fmr[loose] > 0.1 > fmr[strict]   # same distances, each run at its own threshold
+    for run, shown in ((loose, "0.700"), (strict, "0.500")):
+        page = render_report(path, tmp_path / f"r{run}", run_ids=[run], identities=0).read_text()
+        assert f"threshold {shown}" in page
+
+
+def test_a_ksame_run_says_what_its_bound_guarantees(tmp_path):
+    path = tmp_path / "results.duckdb"
+    with ResultsDB(path) as db:
+        add_run(db, cases=[*CASES, ("ksame", 3, "parrot", 0.1, 0.0)])
+    page = render_report(path, tmp_path / "report", identities=0).read_text()
+    note = page[page.index('id="ksame-note"'):]
+    assert "does not apply" in note[:800] and "not a proof" in note[:800]
 
 def test_comparison_highlights_a_regression(tmp_path):
     path = tmp_path / "results.duckdb"
@@ -135,6 +174,41 @@ def test_comparison_highlights_a_regression(tmp_path):
     assert len(rows) == len(CASES)
     assert "yes" in rows
     assert 'class="bad"' in table
+
+
+def test_runs_of_different_protocols_are_compared_without_regressions(tmp_path):
+    path = tmp_path / "results.duckdb"
+    with ResultsDB(path) as db:
+        smoke = add_run(db, name="smoke", seed=3, identities=20)
+        paper = add_run(db, name="paper", seed=3, shift=-0.2, identities=60, threshold=0.5)
+    page = render_report(path, tmp_path / "report", run_ids=[smoke, paper],
+                         identities=0).read_text()
+    top = page[page.index("<main>"):page.index('<section id="leaderboard">')]
+    assert 'id="protocol-differences"' in top
+    differences = re.findall(r"<tr><td class=\"text\">([^<]+)</td><td class=\"text\">([^<]+)"
+                             r"</td><td class=\"text\">([^<]+)</td></tr>", top)
+    assert differences == [("identities", "20", "60"), ("threshold", "0.6", "0.5")]
+    table = page[page.index('id="comparison-table"'):]
+    table = table[:table.index("</table>")]
+    assert "yes" not in re.findall(r'data-regression="(yes|no)"', table)
+    assert "Regressions are not flagged" in page
+
+
+def test_protocol_differences_name_each_field():
+    from faceanon.report import protocol_differences
+
+    run = {"dataset_fingerprint": "f" * 64, "threshold": 0.6, "git_commit": "0123456789ab",
+           "git_dirty": False, "packages": {"faceanon": "0.1.0"},
+           "config": {"identities": 40, "seed": 0, "detector": "hog", "region": "face",
+                      "backend": "dlib-resnet", "backend_options": {}}}
+    assert protocol_differences(run, dict(run)) == []
+    other = {**run, "dataset_fingerprint": "e" * 64, "git_dirty": True,
+             "config": {**run["config"], "seed": 1, "detector": "cnn",
+                        "backend": "dlib-resnet-torch"}}
+    names = [d["name"] for d in protocol_differences(run, other)]
+    assert names == ["dataset fingerprint", "seed", "detector", "backend", "code version"]
+    (code,) = [d for d in protocol_differences(run, other) if d["name"] == "code version"]
+    assert code["new"] == "faceanon 0.1.0 commit 0123456789+dirty"
 
 
 def test_compare_runs_directions():
@@ -155,6 +229,13 @@ def test_compare_runs_directions():
     assert slower["flags"] == {"anonymize_ms"}
     only = compare_runs([row("naive")], [row("parrot")])
     assert {r["status"] for r in only} == {"only base", "only new"}
+    # A generalized EER that was not reached has no change, so it flags nothing.
+    unreached = compare_runs([row("naive")], [row("naive", geer=None)])[0]
+    assert unreached["d_geer"] is None and not unreached["regression"]
+    assert compare_runs([row("naive")], [row("naive", geer=0.1)])[0]["flags"] == {"geer"}
+    # Runs of different protocols: the changes are given, nothing is flagged.
+    other = compare_runs([row("naive")], [row("naive", rank1=0.9)], protocols_match=False)[0]
+    assert other["d_rank1"] == pytest.approx(0.4) and not other["regression"]
 
 
 def test_output_is_replaced_whole_and_failures_leave_the_old_report(db_path, tmp_path,

@@ -35,7 +35,7 @@ def test_queries_of_the_report_and_the_benchmark():
             db.one_case_metrics(other + 1)
         # Only the per-image figures: the case's wall time has its own unit.
         assert db.per_image_timings(run) == {(case, "anonymize"): 0.2}
-        assert db.mated_acquired(run) == {case: GALLERY}
+        assert db.one_case_metrics(case)["n_mated_acquired"] == GALLERY
         (curve,) = db.det_points(run).values()
         assert len(curve["fmr"]) == len(curve["fnmr"]) == PROBES * GALLERY
         assert curve["fmr"][-1] == 1.0 and curve["fnmr"][-1] == 0.0

@@ -3,8 +3,9 @@
 One module per concern:
 
 :mod:`~faceanon.report.tables`
-    which run is shown, its leaderboard rows, the comparison of two runs, confusion
-    matrices (all read through :class:`faceanon.store.ResultsDB`);
+    which run is shown, its leaderboard rows, the comparison of two runs (and how their
+    protocols differ), confusion matrices (all read through
+    :class:`faceanon.store.ResultsDB`);
 :mod:`~faceanon.report.seed_study`
     the seed study's published figures beside ours;
 :mod:`~faceanon.report.figures` and :mod:`~faceanon.report.plots`
@@ -22,7 +23,13 @@ from __future__ import annotations
 
 from faceanon.report.seed_study import SEED_STUDY
 from faceanon.report.site import MARKER, render_report
-from faceanon.report.tables import ReportError, choose_runs, compare_runs, leaderboard
+from faceanon.report.tables import (
+    ReportError,
+    choose_runs,
+    compare_runs,
+    leaderboard,
+    protocol_differences,
+)
 
 __all__ = [
     "MARKER",
@@ -31,5 +38,6 @@ __all__ = [
     "choose_runs",
     "compare_runs",
     "leaderboard",
+    "protocol_differences",
     "render_report",
 ]

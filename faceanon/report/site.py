@@ -34,6 +34,7 @@ from faceanon.report.tables import (
     compare_runs,
     confusion_rows,
     leaderboard,
+    protocol_differences,
 )
 from faceanon.store import DEFAULT_DB, ResultsDB
 
@@ -183,18 +184,22 @@ def render_report(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        # ResultsDB opens the file for each query and closes it after, so a run that is
+        # writing the database waits at most for one query, never for the pictures.
         with ResultsDB(db_path, read_only=True) as db:
             runs = db.runs()
             run, base = choose_runs(runs, run_ids)
             rows = leaderboard(db, int(run["id"]), min_mated=min_mated)
-            threshold = db.threshold
+            # each run is read at its own decision threshold
+            threshold = run["threshold"]
             figures = make_figures(rows, db.det_points(int(run["id"])))
             confusion = confusion_rows(db, int(run["id"]), threshold=threshold)
             study_confusion = confusion_rows(db, int(run["id"]), threshold=STUDY_THRESHOLD)
-            comparison = None
+            comparison, differences = None, []
             if base is not None:
                 base_rows = leaderboard(db, int(base["id"]), min_mated=min_mated)
-                comparison = compare_runs(base_rows, rows)
+                differences = protocol_differences(base, run)
+                comparison = compare_runs(base_rows, rows, protocols_match=not differences)
             pictures = make_pictures(db, run, rows, staging / "img", identities=identities)
         context = {
             "run": run,
@@ -203,7 +208,7 @@ def render_report(
             "rows": rows,
             "reference": next((r for r in rows if r["is_reference"]), None),
             "threshold": threshold,
-            "run_threshold": (run.get("config") or {}).get("threshold"),
+            "differences": differences,
             "figures": figures,
             "confusion": confusion,
             "reproduction": reproduction(rows, study_confusion),

@@ -19,10 +19,12 @@ __all__ = [
     "TIME_TOLERANCE",
     "ReportError",
     "choose_runs",
+    "PROTOCOL_FIELDS",
     "compare_runs",
     "confusion_rows",
     "leaderboard",
     "mode_rank",
+    "protocol_differences",
 ]
 
 #: An EER read from fewer acquired mated comparisons than this moves in steps of more
@@ -104,29 +106,85 @@ def leaderboard(db: ResultsDB, run_id: int, *,
     -------
     list of dict
         Every column of ``case_metrics`` plus ``method, k, mode, detector, backend``,
-        ``n_mated_acquired``, ``eer_unreliable``, ``is_reference`` (the clear
+        ``eer_unreliable``, ``geer_not_reached`` (the generalized curves never cross:
+        ``geer`` is None and must not be read as a number), ``is_reference`` (the clear
         baseline), ``anonymize_ms`` and ``recognize_ms`` (mean milliseconds per image,
         None when not timed), in case order with the clear baseline first.
     """
     rows = db.case_metrics(run_id=run_id)
     per_image = db.per_image_timings(run_id)
-    mated = db.mated_acquired(run_id)
     out = []
     for row in rows:
         case = row["case_id"]
         anonymize = per_image.get((case, "anonymize"))
         recognize = per_image.get((case, "recognize"))
-        n_mated_acquired = int(mated.get(case, 0))
         out.append({
             **row,
-            "n_mated_acquired": n_mated_acquired,
-            "eer_unreliable": row["eer"] is not None and n_mated_acquired < min_mated,
+            "eer_unreliable": row["eer"] is not None and row["n_mated_acquired"] < min_mated,
+            "geer_not_reached": row["geer_crossed"] is False,
             "is_reference": row["mode"] == "clear",
             "anonymize_ms": None if anonymize is None else 1000 * anonymize,
             "recognize_ms": None if recognize is None else 1000 * recognize,
         })
     # Stable: keeps the run's own case order (the grid's) inside each group.
     out.sort(key=_case_order)
+    return out
+
+
+#: What makes two runs measure the same thing: name -> how to read it from a run. Runs
+#: that differ in any of them are not comparable case by case (see :func:`compare_runs`).
+PROTOCOL_FIELDS: dict[str, Any] = {
+    "dataset fingerprint": lambda run: run.get("dataset_fingerprint"),
+    "identities": lambda run: _config(run).get("identities"),
+    "seed": lambda run: _config(run).get("seed"),
+    "threshold": lambda run: run.get("threshold"),
+    "detector": lambda run: _config(run).get("detector"),
+    "region": lambda run: _config(run).get("region"),
+    "backend": lambda run: _config(run).get("backend"),
+    "backend options": lambda run: _config(run).get("backend_options") or None,
+    "code version": lambda run: _code_version(run),
+}
+
+
+def _config(run: Mapping) -> Mapping:
+    return run.get("config") or {}
+
+
+def _code_version(run: Mapping) -> str | None:
+    commit = run.get("git_commit")
+    version = (run.get("packages") or {}).get("faceanon")
+    if commit is None and version is None:
+        return None
+    return " ".join(filter(None, [
+        None if version is None else f"faceanon {version}",
+        None if commit is None else f"commit {commit[:10]}"
+                                    + ("+dirty" if run.get("git_dirty") else ""),
+    ]))
+
+
+def protocol_differences(base: Mapping, new: Mapping) -> list[dict]:
+    """How two runs differ in what they measure (:data:`PROTOCOL_FIELDS`).
+
+    Parameters
+    ----------
+    base, new : mapping
+        Runs as :meth:`ResultsDB.runs` gives them.
+
+    Returns
+    -------
+    list of dict
+        ``{'name', 'base', 'new'}`` for each field whose values differ; empty when the
+        protocols match. A field neither run recorded does not differ.
+    """
+    out = []
+    for name, read in PROTOCOL_FIELDS.items():
+        old_value, new_value = read(base), read(new)
+        if isinstance(old_value, float) and isinstance(new_value, float):
+            same = abs(old_value - new_value) <= 1e-12
+        else:
+            same = old_value == new_value
+        if not same:
+            out.append({"name": name, "base": old_value, "new": new_value})
     return out
 
 
@@ -140,14 +198,17 @@ def _delta(new: Any, old: Any) -> float | None:
 
 def compare_runs(base: Sequence[Mapping], new: Sequence[Mapping], *,
                  tolerance: float = METRIC_TOLERANCE,
-                 time_tolerance: float = TIME_TOLERANCE) -> list[dict]:
+                 time_tolerance: float = TIME_TOLERANCE,
+                 protocols_match: bool = True) -> list[dict]:
     """Per case, the change from a baseline run to a new run, regressions flagged.
 
     A regression is a change that makes the benchmark's answer less protective. For an
     anonymized case: rank-1 up, or EER / generalized EER down, by more than
     ``tolerance`` (the method hides less). For the clear baseline: rank-1 down or EER
     up (the attacker got weaker, which flatters every method). A time per image that
-    grows by more than ``time_tolerance`` (and 0.5 ms) is a regression too.
+    grows by more than ``time_tolerance`` (and 0.5 ms) is a regression too. A
+    generalized EER that either run did not reach (the curves never cross) has no
+    change and flags nothing.
 
     Parameters
     ----------
@@ -157,6 +218,10 @@ def compare_runs(base: Sequence[Mapping], new: Sequence[Mapping], *,
         Absolute change (fraction, 0.02 = 2 points) below which nothing is flagged.
     time_tolerance : float
         Relative growth of a time below which nothing is flagged.
+    protocols_match : bool
+        False when the runs measured different things (:func:`protocol_differences`):
+        the changes are still given, but nothing is flagged, since a change of protocol
+        moves every number.
 
     Returns
     -------
@@ -178,7 +243,7 @@ def compare_runs(base: Sequence[Mapping], new: Sequence[Mapping], *,
                "backend": key[4], "status": status, "base": a, "new": b, "flags": set()}
         for metric in ("eer", "geer", "rank1", "anonymize_ms", "recognize_ms"):
             row[f"d_{metric}"] = _delta(b and b[metric], a and a[metric])
-        if status == "both":
+        if status == "both" and protocols_match:
             clear = key[2] == "clear"
             sign = -1 if clear else 1
             if row["d_rank1"] is not None and sign * row["d_rank1"] > tolerance:
