@@ -104,10 +104,27 @@ class DlibResNet:
     def name(self) -> str:
         return f"dlib-resnet:{self.detector}:up{self.upsample}:jit{self.jitters}"
 
-    def encode(self, image: np.ndarray) -> Encoding:
-        """Encode the largest face of an RGB ``uint8`` image, or report that none was found."""
+    def encode(
+        self, image: np.ndarray, *, box: tuple[int, int, int, int] | None = None
+    ) -> Encoding:
+        """Encode the largest face of an RGB ``uint8`` image, or report that none was found.
+
+        ``box``, a face as ``(top, right, bottom, left)`` (the order of :attr:`Encoding.box`
+        and of ``face_recognition``'s ``known_face_locations``), skips detection: the
+        landmarks and descriptor are computed in that box, as
+        ``face_recognition.face_encodings(image, [box])`` does, and ``faces_found`` is 1.
+        """
         find_faces, landmarks, descriptor = _dlib_models(self.detector)
         image = np.ascontiguousarray(image)
+        if box is not None:
+            import dlib
+
+            top, right, bottom, left = (int(v) for v in box)
+            if right <= left or bottom <= top:
+                raise ValueError(f"face box {box} has no area (expected top, right, bottom, left)")
+            shape = landmarks(image, dlib.rectangle(left, top, right, bottom))
+            embedding = np.array(descriptor.compute_face_descriptor(image, shape, self.jitters))
+            return Encoding(embedding=embedding, faces_found=1, box=(top, right, bottom, left))
         found = find_faces(image, self.upsample)
         rects = [f.rect for f in found] if self.detector == "cnn" else list(found)
         if not rects:
