@@ -75,6 +75,18 @@ def test_registry_lists_every_builtin_and_the_cheap_set_is_registered():
         assert attack.describe()["name"] == name
 
 
+def test_listing_attacks_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = ("import sys, faceanon.attacks as a; a.available_attacks(); a.get_attack('median'); "
+            "print(sorted(m for m in ('torch', 'dlib', 'duckdb', 'cv2', 'skimage', "
+            "'onnxruntime') if m in sys.modules))")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout
+    assert output.strip() == "[]"
+
+
 def test_unknown_attack_names_the_known_ones():
     with pytest.raises(AttackError, match="unknown attack 'deepfake'.*located"):
         get_attack("deepfake")
