@@ -75,6 +75,7 @@ entry point's name being the attack name and its object an :class:`Attack` subcl
 from __future__ import annotations
 
 import abc
+import functools
 import importlib
 from collections.abc import Iterable, Sequence
 from importlib.metadata import entry_points
@@ -142,6 +143,15 @@ def _rgb(image: np.ndarray) -> np.ndarray:
         raise AttackError(f"anonymized image: {error}") from None
 
 
+@functools.lru_cache(maxsize=256)
+def _checked_k(method: str, k: int | None) -> int | None:
+    # Called once per anonymized image: creating the method (the GAN's imports torch) and
+    # checking k once per (method, k) is enough.
+    from faceanon.methods import get_method
+
+    return get_method(method).check_k(k)
+
+
 class Attack(abc.ABC):
     """The interface every attack implements.
 
@@ -169,13 +179,13 @@ class Attack(abc.ABC):
 
     def check_method(self, method: str, k: int | None) -> int | None:
         """Check that the attack applies to ``method`` and that ``k`` is valid for it."""
-        from faceanon.methods import MethodError, get_method
+        from faceanon.methods import MethodError
 
         if not self.applies_to(method):
             allowed = ", ".join(sorted(self.methods or ()))
             raise AttackError(f"attack {self.name!r} undoes {allowed} only, not {method!r}")
         try:
-            return get_method(method).check_k(k)
+            return _checked_k(method, k)
         except MethodError as error:
             raise AttackError(f"attack {self.name!r}: {error}") from None
 
