@@ -110,7 +110,7 @@ def css_box(box: Sequence[int]) -> Box:
 def largest_box(boxes: Iterable[Sequence[int]]) -> Box | None:
     """The largest ``(x, y, w, h)`` box (ties: the upper, then the left one), or ``None``.
 
-    The same choice :class:`faceanon.recognition.DlibResNet` makes among detections, so a
+    The rule :class:`faceanon.recognition.DlibResNet` applies to its detections, so a
     located attack describes the face the recognizer encoded in the original.
     """
     boxes = [tuple(int(v) for v in b) for b in boxes]
