@@ -26,7 +26,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from faceanon.landmarks import KEYPOINT_NAMES, clip_box, face_keypoints, feather_mask
+from faceanon.detect import clip_box
+from faceanon.landmarks import KEYPOINT_NAMES, face_keypoints, feather_mask, paste_warped
 from faceanon.methods import Box, Method, MethodError
 
 try:  # torch is the optional "gan" extra; the method says so when it is missing.
@@ -90,6 +91,38 @@ def crop_matrix(box: Sequence[float], resolution: int, *, context: float = CONTE
         [[scale, 0.0, resolution / 2.0 - scale * cx], [0.0, scale, resolution / 2.0 - scale * cy]],
         dtype=np.float64,
     )
+
+
+def context_crop(
+    image: np.ndarray,
+    box: Sequence[float],
+    resolution: int,
+    *,
+    context: float = CONTEXT,
+    interpolation: int = cv2.INTER_LINEAR,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut the square context crop around ``box``: training and inference cut it alike.
+
+    Returns
+    -------
+    crop : ndarray
+        ``uint8`` ``(resolution, resolution, 3)``; beyond the image the border pixels repeat.
+    matrix : ndarray
+        The :func:`crop_matrix` used, image to crop coordinates.
+    corners : ndarray
+        float32 ``(2, 2)``: the box's top-left and bottom-right corners in the crop.
+    """
+    matrix = crop_matrix(box, resolution, context=context)
+    crop = cv2.warpAffine(
+        image,
+        matrix,
+        (resolution, resolution),
+        flags=interpolation,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    x, y, w, h = box
+    corners = transform_points(matrix, np.array([[x, y], [x + w, y + h]], np.float64))
+    return crop, matrix, corners
 
 
 def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -397,21 +430,13 @@ class DeepPrivacy(Method):
         # Keypoints come from the untouched image: landmarks only steer pose, and the
         # face itself is blanked before the generator sees anything.
         keypoints, _ = face_keypoints(image, box)
-        matrix = crop_matrix(box, resolution)
-        scale = matrix[0, 0]
+        scale = crop_matrix(box, resolution)[0, 0]
         # Shrinking a large face with bilinear sampling aliases; blur to the target scale first.
         source = image
         if scale < 0.5:
             sigma = 0.5 / scale
             source = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma)
-        crop = cv2.warpAffine(
-            source,
-            matrix,
-            (resolution, resolution),
-            flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
-        corners = transform_points(matrix, np.array([[x, y], [x + w, y + h]]))
+        crop, matrix, corners = context_crop(source, box, resolution)
         mask = box_mask(corners.ravel(), resolution)
         kp = transform_points(matrix, keypoints)
 
@@ -423,16 +448,5 @@ class DeepPrivacy(Method):
         generated = ((fake.permute(1, 2, 0).numpy() + 1.0) * 127.5).clip(0, 255)
 
         # Warp the crop back onto the box only: sample the generated crop at each box pixel.
-        to_crop = matrix.copy()
-        to_crop[:, 2] += matrix[:, :2] @ np.array([x, y], dtype=np.float64)
-        patch = cv2.warpAffine(
-            generated.astype(np.float32),
-            to_crop,
-            (w, h),
-            flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
-        alpha = feather_mask(h, w, border=self.feather)[:, :, None] if self.feather > 0 else 1.0
-        region = out[y : y + h, x : x + w].astype(np.float32)
-        blended = alpha * np.clip(patch, 0, 255) + (1.0 - alpha) * region
-        out[y : y + h, x : x + w] = np.round(blended).astype(np.uint8)
+        alpha = feather_mask(h, w, border=self.feather) if self.feather > 0 else 1.0
+        paste_warped(out, generated, matrix, box, alpha=alpha, interpolation=cv2.INTER_CUBIC)

@@ -47,7 +47,7 @@ STORE_CONTEXT = 3.0
 def preprocess(data: Path, cache: Path, *, log=print) -> dict:
     """Detect, landmark and crop every image of ``data`` once; cached in ``cache`` (npz)."""
     from faceanon.datasets import load_dataset
-    from faceanon.deepprivacy import crop_matrix, transform_points
+    from faceanon.deepprivacy import context_crop, transform_points
     from faceanon.imageio import read_image
 
     if cache.is_file():
@@ -69,16 +69,9 @@ def preprocess(data: Path, cache: Path, *, log=print) -> dict:
         except LandmarkError:
             skipped += 1
             continue
-        matrix = crop_matrix(box, STORE_SIZE, context=STORE_CONTEXT)
-        crop = cv2.warpAffine(
-            image,
-            matrix,
-            (STORE_SIZE, STORE_SIZE),
-            flags=cv2.INTER_AREA,
-            borderMode=cv2.BORDER_REPLICATE,
+        crop, matrix, corners = context_crop(
+            image, box, STORE_SIZE, context=STORE_CONTEXT, interpolation=cv2.INTER_AREA
         )
-        x, y, w, h = box
-        corners = transform_points(matrix, np.array([[x, y], [x + w, y + h]], np.float32))
         crops.append(crop)
         boxes.append(corners.ravel())
         keypoints.append(transform_points(matrix, keypoints_from_landmarks(points)))
