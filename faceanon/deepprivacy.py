@@ -47,7 +47,8 @@ WEIGHTS_ENV = "FACEANON_DEEPPRIVACY_WEIGHTS"
 WEIGHTS_FORMAT = "faceanon-deepprivacy"
 #: The context crop is this many times the longer box side, centred on the box.
 CONTEXT = 2.0
-#: Keypoint Gaussians have this standard deviation, in model pixels.
+#: Keypoint Gaussians have this standard deviation, in model pixels at 64x64; other
+#: resolutions scale it, so a keypoint covers the same share of the face.
 KEYPOINT_SIGMA = 1.2
 
 
@@ -64,7 +65,6 @@ class GeneratorConfig:
     bottleneck: int = 192
     z_dim: int = 32
     keypoints: int = len(KEYPOINT_NAMES)
-
 
 def _require_torch():
     if torch is None:
@@ -149,14 +149,18 @@ def box_mask(box_in_crop: Sequence[float], resolution: int) -> np.ndarray:
     return mask
 
 
-def keypoint_maps(keypoints, resolution: int, *, sigma: float = KEYPOINT_SIGMA):
+def keypoint_maps(keypoints, resolution: int, *, sigma: float | None = None):
     """Gaussian maps ``(B, K, R, R)`` for keypoints ``(B, K, 2)`` given in model pixels.
 
-    Points outside the crop give empty maps rather than a blob clamped to the border.
+    ``sigma`` defaults to :data:`KEYPOINT_SIGMA` scaled to ``resolution``. Points outside
+    the crop give empty maps rather than a blob clamped to the border. The maps are made on
+    the keypoints' device.
     """
     _require_torch()
+    if sigma is None:
+        sigma = KEYPOINT_SIGMA * resolution / 64
     keypoints = torch.as_tensor(keypoints, dtype=torch.float32)
-    grid = torch.arange(resolution, dtype=torch.float32) + 0.5
+    grid = torch.arange(resolution, dtype=torch.float32, device=keypoints.device) + 0.5
     dx = grid.view(1, 1, 1, -1) - keypoints[..., 0, None, None]
     dy = grid.view(1, 1, -1, 1) - keypoints[..., 1, None, None]
     maps = torch.exp(-(dx * dx + dy * dy) / (2.0 * sigma * sigma))
@@ -253,12 +257,21 @@ if torch is not None:
             return torch.tanh(self.to_rgb(x))
 
     class Discriminator(nn.Module):
-        """Small conditional discriminator over image, mask and keypoint maps."""
+        """Small conditional discriminator over image, mask and keypoint maps.
 
-        def __init__(self, config: GeneratorConfig = GeneratorConfig()):
+        ``channels`` are the widths of the levels; each level after the first halves the
+        resolution, and a linear head reads the last one.
+        """
+
+        def __init__(
+            self,
+            config: GeneratorConfig = GeneratorConfig(),
+            *,
+            channels: Sequence[int] = (32, 64, 128, 256, 256),
+        ):
             super().__init__()
             c_in = 4 + config.keypoints
-            ch = (32, 64, 128, 256, 256)
+            ch = tuple(channels)
             layers = [_block(c_in, ch[0], norm=False)]
             for i in range(len(ch) - 1):
                 layers.append(_block(ch[i], ch[i + 1], stride=2, norm=False))
@@ -280,10 +293,13 @@ def count_parameters(module) -> int:
 
 
 def save_generator(path, generator, *, metadata: dict | None = None, half: bool = True) -> None:
-    """Write a generator's state dict and config, fp16 by default, through a temporary file."""
+    """Write a generator's state dict and config, fp16 by default, through a temporary file.
+
+    Tensors are moved to the CPU first, so weights trained on a GPU load anywhere.
+    """
     path = Path(path)
     state = {
-        name: (t.detach().half() if half and t.is_floating_point() else t.detach()).clone()
+        name: (t.detach().half() if half and t.is_floating_point() else t.detach()).cpu().clone()
         for name, t in generator.state_dict().items()
     }
     config = asdict(generator.config)
