@@ -18,9 +18,10 @@ Landmarks kept
     fall outside the box) is reported beside it. Low NME: pose and expression survive.
 Image change
     SSIM (Wang et al. 2004, scikit-image's ``structural_similarity`` with its default 7x7
-    window, colour channels averaged) and PSNR, over the whole image and over the
-    anonymized regions (the mean of the SSIM map, and the PSNR of the pixels, inside the
-    region boxes). Higher: closer to the original.
+    window, on the luma of ITU-R BT.601 as Wang et al. measured grey images) and PSNR (on
+    the RGB values), over the whole image and over the anonymized regions (the mean of the
+    SSIM map, and the PSNR of the pixels, inside the region boxes). Higher: closer to the
+    original.
 Contract
     How many pixels outside the anonymized regions changed. A method must change none
     (:attr:`ImageUtility.outside_unchanged`).
@@ -164,11 +165,12 @@ def _psnr(squared_error: float, count: int, data_range: float = 255.0) -> float:
 def ssim_map(
     original: np.ndarray, anonymized: np.ndarray, *, regions: Sequence[Sequence[int]] | None = None
 ) -> tuple[float, np.ndarray]:
-    """Whole-image SSIM and the per-pixel SSIM map (channels averaged), as scikit-image has them.
+    """Whole-image SSIM and the per-pixel SSIM map of the luma, as scikit-image has them.
 
     scikit-image's ``structural_similarity`` with its defaults (7x7 uniform window, sample
-    covariance, K1 = 0.01, K2 = 0.03, data range 255); the whole-image value is its mean
-    of the map without the 3-pixel image border. With ``regions`` given, and no pixel
+    covariance, K1 = 0.01, K2 = 0.03, data range 255) on the BT.601 luma (OpenCV's
+    RGB-to-grey, rounded to ``uint8``); the whole-image value is its mean of the map
+    without the 3-pixel image border. With ``regions`` given, and no pixel
     outside them changed, only the regions' neighbourhood is computed: elsewhere every
     window holds identical pixels and the map is exactly 1, so the result equals the
     whole-image computation (a test checks this) at a fraction of the cost.
@@ -179,6 +181,13 @@ def ssim_map(
     return _ssim(original, anonymized, boxes if unchanged else None)
 
 
+def luma(image: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma of an RGB ``uint8`` image (grey images pass through)."""
+    import cv2
+
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+
+
 def _nonempty(regions: Sequence[Sequence[int]]) -> list[Box]:
     return [tuple(int(v) for v in r) for r in regions if r[2] > 0 and r[3] > 0]
 
@@ -187,15 +196,13 @@ def _ssim(original, anonymized, boxes: list[Box] | None) -> tuple[float, np.ndar
     """:func:`ssim_map`; ``boxes`` hold every changed pixel, or ``None``: compute everything."""
     from skimage.metrics import structural_similarity
 
-    channel_axis = 2 if original.ndim == 3 else None
+    original, anonymized = luma(original), luma(anonymized)
     pad = (SSIM_WINDOW - 1) // 2
     height, width = original.shape[:2]
 
     def compute(a, b):
-        _, full = structural_similarity(
-            a, b, data_range=255, channel_axis=channel_axis, full=True, win_size=SSIM_WINDOW
-        )
-        return full.mean(axis=2) if full.ndim == 3 else full
+        _, full = structural_similarity(a, b, data_range=255, full=True, win_size=SSIM_WINDOW)
+        return full
 
     if boxes is None:
         full = compute(original, anonymized)
@@ -256,9 +263,7 @@ def edge_seam(
     outside = 2
 
     def smoothed_derivatives(image):
-        grey = image.astype(np.float32)
-        if grey.ndim == 3:
-            grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        grey = luma(image).astype(np.float32)
         d_rows = np.zeros_like(grey)
         d_rows[1:-1] = (grey[2:] - grey[:-2]) / 2
         d_cols = np.zeros_like(grey)
