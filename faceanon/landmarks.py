@@ -135,12 +135,20 @@ def keypoints_from_box(box: Box) -> np.ndarray:
     )
 
 
+def landmarks_or_none(image: np.ndarray, box: Box) -> np.ndarray | None:
+    """:func:`landmarks68`, or ``None`` where the predictor fails in ``box``."""
+    try:
+        return landmarks68(image, box)
+    except LandmarkError:
+        return None
+
+
 def face_keypoints(image: np.ndarray, box: Box) -> tuple[np.ndarray, bool]:
     """Keypoints for ``box`` and whether they came from landmarks (``False``: from the box)."""
-    try:
-        return keypoints_from_landmarks(landmarks68(image, box)), True
-    except LandmarkError:
+    points = landmarks_or_none(image, box)
+    if points is None:
         return keypoints_from_box(box), False
+    return keypoints_from_landmarks(points), True
 
 
 # Canonical positions, in a unit square, of the five points k-Same aligns on (eye centres,
@@ -208,6 +216,45 @@ def feather_mask(height: int, width: int, *, border: float = 0.15) -> np.ndarray
     dy = np.minimum(ys + 0.5, height - ys - 0.5) / ramp
     dx = np.minimum(xs + 0.5, width - xs - 0.5) / ramp
     return np.clip(np.minimum(dy[:, None], dx[None, :]), 0.0, 1.0).astype(np.float32)
+
+
+def feature_blend_mask(
+    points68: np.ndarray | None,
+    box: Box,
+    *,
+    feather: float = 0.12,
+    outer_feather: float = 0.25,
+    grow: float = 0.05,
+) -> np.ndarray:
+    """Blend weights ``(h, w)`` for a generated face: a wide ramp except on the features.
+
+    A generated face pasted with a narrow ramp along the box edge shows the box as a
+    straight seam where the photo around it (forehead, cheeks, background) does not match.
+    This mask ramps over ``outer_feather`` of the box's shorter side, wide enough to hide
+    the seam, everywhere except on the face's features (brows, eyes, nose, mouth: the
+    convex hull of landmarks 17-67 and ``grow`` of the box's shorter side around it, then
+    falling off over as much again), where it is the narrow :func:`feather_mask` of
+    ``feather``. So the features are replaced exactly as by the
+    narrow ramp (where they reach the box edge too), and only pixels away from them keep
+    more of the photo: every value lies in ``[0, 1]`` and is at most the narrow ramp's.
+
+    Without landmarks (``points68`` is ``None``) the features are unknown, and the mask is
+    the narrow ramp: nothing more of the photo is kept.
+    """
+    x, y, w, h = box
+    narrow = feather_mask(h, w, border=feather)
+    if points68 is None:
+        return narrow
+    features = np.asarray(points68, np.float32)[17:] - np.array([x, y], np.float32)
+    hull = cv2.convexHull(np.round(features).astype(np.int32))
+    outside = np.ones((h, w), np.uint8)
+    cv2.fillConvexPoly(outside, hull, 0)
+    # 1 on the hull and up to `grow` beyond it, falling linearly to 0 at twice that.
+    radius = max(1.0, grow * min(w, h))
+    distance = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    core = np.clip(2.0 - distance / radius, 0.0, 1.0).astype(np.float32)
+    wide = feather_mask(h, w, border=outer_feather)
+    return np.maximum(wide, np.minimum(core, narrow))
 
 
 def paste_warped(

@@ -61,3 +61,44 @@ def test_source_values_are_clipped_to_the_uint8_range(value):
     source = np.full((40, 50, 3), value, np.float32)
     paste_warped(out, source, IDENTITY, (0, 0, 50, 40), alpha=1.0)
     assert (out == np.clip(value, 0, 255)).all()
+
+
+# ----------------------------------------------------------------------------------------
+# The GAN's blend mask.
+
+
+def _face_points(box) -> np.ndarray:
+    """68 points of a frontal face laid out in ``box`` (features in its central part)."""
+    x, y, w, h = box
+    rng = np.random.default_rng(0)
+    points = np.empty((68, 2), np.float32)
+    points[:17] = np.column_stack(
+        [np.linspace(0.05, 0.95, 17), 0.9 - 0.3 * np.abs(np.linspace(-1, 1, 17))]
+    )
+    points[17:] = rng.uniform([0.3, 0.3], [0.7, 0.75], (51, 2))
+    return points * np.array([w, h], np.float32) + np.array([x, y], np.float32)
+
+
+def test_feature_mask_is_the_narrow_ramp_on_the_features_and_wider_elsewhere():
+    from faceanon.landmarks import feather_mask, feature_blend_mask
+
+    box = (10, 20, 100, 120)
+    mask = feature_blend_mask(_face_points(box), box, feather=0.12, outer_feather=0.25)
+    narrow = feather_mask(120, 100, border=0.12)
+    wide = feather_mask(120, 100, border=0.25)
+    assert mask.shape == (120, 100) and mask.dtype == np.float32
+    # Never more of the generated face than the narrow ramp, never less than the wide one.
+    assert (mask <= narrow + 1e-6).all() and (mask >= wide - 1e-6).all()
+    # The features (box-relative 0.3-0.7 x 0.3-0.75) are replaced: the mask is 1 there.
+    assert np.allclose(mask[40:85, 32:68], 1.0)
+    # A corner far from the features keeps more of the photo than the narrow ramp would.
+    assert mask[8, 8] == pytest.approx(wide[8, 8]) and mask[8, 8] < narrow[8, 8] - 0.3
+
+
+def test_feature_mask_without_landmarks_is_the_narrow_ramp():
+    from faceanon.landmarks import feather_mask, feature_blend_mask
+
+    assert np.array_equal(
+        feature_blend_mask(None, (0, 0, 50, 40), feather=0.12),
+        feather_mask(40, 50, border=0.12),
+    )
