@@ -246,8 +246,9 @@ def edge_seam(
     stays. Its energy (mean square) is taken on every line parallel to the edge from 2 px
     outside the box to ``band`` of the box's shorter side inside, where a blend ramp lies;
     an edge's value is the strongest line's energy in the anonymized image divided by the
-    strongest line's in the original (the same lines). 1: no new straight edge; a visible
-    seam measured 2 to 13 on LFW faces. Edges on the image border are left out.
+    strongest line's in the original (the same lines). 1: no new straight edge. Of 100 LFW
+    faces replaced by the GAN, the four highest (all above 2) showed seams by eye and the
+    lowest none. Edges on the image border are left out.
 
     Returns
     -------
