@@ -426,10 +426,10 @@ class DeepPrivacy(Method):
             raise MethodError(
                 f"deepprivacy: blend must be one of {', '.join(BLENDS)}, got {blend!r}"
             )
-        if not 0 <= feather <= outer_feather <= 0.5:
+        if not 0 <= feather <= 0.5 or (blend == "features" and not feather <= outer_feather <= 0.5):
             raise MethodError(
-                "deepprivacy: need 0 <= feather <= outer_feather <= 0.5, got "
-                f"feather={feather}, outer_feather={outer_feather}"
+                "deepprivacy: need 0 <= feather <= 0.5, and feather <= outer_feather <= 0.5 "
+                f"for the feature blend; got feather={feather}, outer_feather={outer_feather}"
             )
         if weights is None:
             weights = os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS

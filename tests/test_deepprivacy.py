@@ -98,7 +98,10 @@ def test_blend_options_are_checked(random_weights):
     with pytest.raises(MethodError, match="blend must be one of box, features, got 'soft'"):
         DeepPrivacy(weights=random_weights, blend="soft")
     with pytest.raises(MethodError, match="feather <= outer_feather"):
-        DeepPrivacy(weights=random_weights, feather=0.3, outer_feather=0.2)
+        DeepPrivacy(weights=random_weights, blend="features", feather=0.3, outer_feather=0.2)
+    with pytest.raises(MethodError, match="0 <= feather <= 0.5"):
+        DeepPrivacy(weights=random_weights, feather=-0.1)
+    assert DeepPrivacy(weights=random_weights, feather=0.3, outer_feather=0.2).feather == 0.3
     assert DeepPrivacy(weights=random_weights).describe()["blend"] == "box"
 
 
