@@ -29,12 +29,10 @@ def make_scores(n: int, *, n_gallery: int = 1000, seed: int = 0) -> dict:
     distance = rng.normal(0.75, 0.08, n) - 0.35 * mated
     failed_probe = rng.random(n_probes) < 0.10
     distance[failed_probe[probe_ids]] = np.nan
-    probe_names = np.array(
-        [f"anon/person_{i:05d}/img_0001.jpg" for i in range(n_probes)], dtype=object
-    )
-    gallery_names = np.array(
-        [f"orig/person_{j:05d}/img_0002.jpg" for j in range(n_gallery)], dtype=object
-    )
+    probe_names = np.array([f"anon/person_{i:05d}/img_0001.jpg" for i in range(n_probes)],
+                           dtype=object)
+    gallery_names = np.array([f"orig/person_{j:05d}/img_0002.jpg" for j in range(n_gallery)],
+                             dtype=object)
     return {
         "probe": probe_names[probe_ids],
         "gallery": gallery_names[gallery_ids],
@@ -55,21 +53,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = args.db or Path(folder) / "bench.duckdb"
         with ResultsDB(path) as db:
-            run = db.start_run(
-                name="insert benchmark",
-                dataset_name="synthetic",
-                dataset_fingerprint="-",
-                config={},
-                git_commit=None,
-                git_dirty=None,
-                packages={},
-                machine={},
-            )
+            run = db.start_run(name="insert benchmark", dataset_name="synthetic",
+                               dataset_fingerprint="-", config={}, git_commit=None,
+                               git_dirty=None, packages={}, machine={})
             times = []
             for _ in range(args.repeat):
-                case = db.add_case(
-                    run, method="none", k=None, mode="clear", detector="-", backend="-"
-                )
+                case = db.add_case(run, method="none", k=None, mode="clear",
+                                   detector="-", backend="-")
                 start = time.perf_counter()
                 db.add_scores(case, **scores)
                 db.con.execute("CHECKPOINT")
@@ -78,10 +68,8 @@ def main() -> None:
             db.finish_run(run, "complete")
     assert total == args.n * args.repeat
     best, worst = min(times), max(times)
-    print(
-        f"inserted {args.n:,} scores in {best:.2f} s "
-        f"(best of {args.repeat}; worst {worst:.2f} s; incl. CHECKPOINT to disk)"
-    )
+    print(f"inserted {args.n:,} scores in {best:.2f} s "
+          f"(best of {args.repeat}; worst {worst:.2f} s; incl. CHECKPOINT to disk)")
     if best >= 5.0:
         raise SystemExit(f"too slow: goal is 1,000,000 scores in under 5 s, got {best:.2f} s")
 

@@ -25,7 +25,8 @@ def best_time(db: str, run_ids: list[int], *, identities: int, repeat: int) -> f
     with tempfile.TemporaryDirectory() as folder:
         for i in range(repeat):
             start = time.perf_counter()
-            render_report(db, Path(folder) / f"report{i}", run_ids=run_ids, identities=identities)
+            render_report(db, Path(folder) / f"report{i}", run_ids=run_ids,
+                          identities=identities)
             times.append(time.perf_counter() - start)
     return min(times)
 
@@ -33,13 +34,8 @@ def best_time(db: str, run_ids: list[int], *, identities: int, repeat: int) -> f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", default="results.duckdb")
-    parser.add_argument(
-        "--run",
-        type=int,
-        action="append",
-        default=[],
-        help="run id (twice: a comparison), default the newest complete run",
-    )
+    parser.add_argument("--run", type=int, action="append", default=[],
+                        help="run id (twice: a comparison), default the newest complete run")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--identities", type=int, default=3)
     args = parser.parse_args()
@@ -47,10 +43,8 @@ def main() -> None:
         run, _ = choose_runs(db.runs(), args.run)
     full = best_time(args.db, args.run, identities=args.identities, repeat=args.repeat)
     bare = best_time(args.db, args.run, identities=0, repeat=args.repeat)
-    print(
-        f"report of run {run['id']} ({run['n_cases']} cases, {run['n_scores']:,} scores): "
-        f"{full:.2f} s; without pictures {bare:.2f} s (best of {args.repeat})"
-    )
+    print(f"report of run {run['id']} ({run['n_cases']} cases, {run['n_scores']:,} scores): "
+          f"{full:.2f} s; without pictures {bare:.2f} s (best of {args.repeat})")
 
 
 if __name__ == "__main__":

@@ -54,16 +54,9 @@ def run_pipeline(dataset, split, cases, *, workers: int) -> tuple[float, int, in
     """Wall seconds of a run, distinct images it had to encode, and how many had no face."""
     with tempfile.TemporaryDirectory() as scratch:
         with ResultsDB(Path(scratch) / "r.duckdb") as db:
-            run_id = db.start_run(
-                name="throughput",
-                dataset_name=dataset.name,
-                dataset_fingerprint=dataset.fingerprint,
-                config={},
-                git_commit=None,
-                git_dirty=None,
-                packages={},
-                machine={},
-            )
+            run_id = db.start_run(name="throughput", dataset_name=dataset.name,
+                                  dataset_fingerprint=dataset.fingerprint, config={},
+                                  git_commit=None, git_dirty=None, packages={}, machine={})
             start = time.perf_counter()
             with Evaluation(dataset, split, db=db, run_id=run_id, workers=workers) as ev:
                 ev.plan([c[:2] for c in cases if c[0] is not None])
@@ -106,16 +99,13 @@ def naive_seed_study(dataset, split, cases) -> float:
         for probe in split.probes:
             for gallery in split.gallery:
                 faces = []
-                for sample, anonymized in (
-                    (probe, mode in {"naive", "parrot"}),
-                    (gallery, mode in {"reverse", "parrot"}),
-                ):
+                for sample, anonymized in ((probe, mode in {"naive", "parrot"}),
+                                           (gallery, mode in {"reverse", "parrot"})):
                     image = read_image(dataset.path(sample))
                     if anonymized:
                         boxes, _ = _regions(image, settings)
                         image = method.anonymize(
-                            image, boxes, k=k, rng=image_rng(0, method_name, k, sample.key)
-                        )
+                            image, boxes, k=k, rng=image_rng(0, method_name, k, sample.key))
                     faces.append(backend.encode(image).embedding)
                 if faces[0] is not None and faces[1] is not None:
                     np.linalg.norm(faces[0] - faces[1])
@@ -134,7 +124,8 @@ def main() -> None:
     dataset = resolve_dataset(args.data)
     cores = args.workers
     split = protocol_split(dataset, identities=args.identities, seed=0)
-    print(f"dataset {dataset.name}: {len(split.gallery) + len(split.probes)} images, {cores} cores")
+    print(f"dataset {dataset.name}: {len(split.gallery) + len(split.probes)} images, "
+          f"{cores} cores")
 
     probe_sample = list(split.probes[:20])
     t_single = single_image_seconds(dataset, probe_sample, DlibResNet())
@@ -144,10 +135,8 @@ def main() -> None:
         paper = grid_cases({m: PAPER_KS[m] for m in AD_HOC})
         wall, encoded, faceless = run_pipeline(dataset, split, paper, workers=cores)
         floor = encoded * t_single / cores
-        print(
-            f"paper grid: {len(paper)} cases, {encoded} images encoded, "
-            f"{faceless} of them with no face found"
-        )
+        print(f"paper grid: {len(paper)} cases, {encoded} images encoded, "
+              f"{faceless} of them with no face found")
         print(f"  floor  {floor:8.1f} s  ({encoded} x {1000 * t_single:.1f} ms / {cores})")
         print(f"  wall   {wall:8.1f} s")
         print(f"  floor / wall = {floor / wall:.2f}  (goal >= 0.85)")
@@ -155,20 +144,16 @@ def main() -> None:
         # the unavoidable work; this one charges each image what it really needs.
         t_empty = no_face_seconds(DlibResNet())
         strict = ((encoded - faceless) * t_single + faceless * t_empty) / cores
-        print(
-            f"  strict floor {strict:.1f} s (no-face image {1000 * t_empty:.1f} ms): "
-            f"strict floor / wall = {strict / wall:.2f}"
-        )
+        print(f"  strict floor {strict:.1f} s (no-face image {1000 * t_empty:.1f} ms): "
+              f"strict floor / wall = {strict / wall:.2f}")
 
     small = protocol_split(dataset, identities=args.naive_identities, seed=0)
     small_cases = grid_cases({"blur": [15, 90], "pixelate": [10]})
     naive = naive_seed_study(dataset, small, small_cases)
     ours, _, _ = run_pipeline(dataset, small, small_cases, workers=cores)
-    print(
-        f"small grid ({len(small_cases)} cases, {args.naive_identities} identities): "
-        f"seed-study loop {naive:.1f} s, faceanon {ours:.1f} s, "
-        f"speed-up {naive / ours:.1f}x  (goal >= 20x)"
-    )
+    print(f"small grid ({len(small_cases)} cases, {args.naive_identities} identities): "
+          f"seed-study loop {naive:.1f} s, faceanon {ours:.1f} s, "
+          f"speed-up {naive / ours:.1f}x  (goal >= 20x)")
 
 
 if __name__ == "__main__":

@@ -260,17 +260,7 @@ class Reporter:
     help="Checkpoint for a generative method (deepprivacy), e.g. from `faceanon train-gan`.",
 )
 def anonymize_command(
-    inputs,
-    outdir,
-    method_name,
-    k,
-    detector,
-    region,
-    margin,
-    seed,
-    on_miss,
-    as_json,
-    quiet,
+    inputs, outdir, method_name, k, detector, region, margin, seed, on_miss, as_json, quiet,
     weights,
 ):
     """Anonymize the faces in image files and folders (recursively) into OUTDIR.

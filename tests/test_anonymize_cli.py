@@ -398,31 +398,14 @@ def test_every_detector_through_the_command_line(photos, tmp_path, detector, reg
 def test_weights_option_reaches_the_generative_method(photos, tmp_path):
     from faceanon.deepprivacy import DEFAULT_WEIGHTS
 
-    missing = invoke(
-        photos,
-        "-o",
-        tmp_path / "a",
-        "--method",
-        "deepprivacy",
-        "--quiet",
-        "--weights",
-        tmp_path / "none.pt",
-    )
+    missing = invoke(photos, "-o", tmp_path / "a", "--method", "deepprivacy", "--quiet",
+                     "--weights", tmp_path / "none.pt")
     assert missing.exit_code != 0 and "none.pt" in missing.output
     assert not (tmp_path / "a").exists() or not images_in(tmp_path / "a")
-    given = invoke(
-        photos,
-        "-o",
-        tmp_path / "b",
-        "--method",
-        "deepprivacy",
-        "--quiet",
-        "--weights",
-        DEFAULT_WEIGHTS,
-    )
+    given = invoke(photos, "-o", tmp_path / "b", "--method", "deepprivacy", "--quiet",
+                   "--weights", DEFAULT_WEIGHTS)
     assert given.exit_code == 0, given.output
     assert len(images_in(tmp_path / "b")) == len(images_in(photos))
-    refused = invoke(
-        photos, "-o", tmp_path / "c", "--method", "blur", "--k", "5", "--weights", DEFAULT_WEIGHTS
-    )
+    refused = invoke(photos, "-o", tmp_path / "c", "--method", "blur", "--k", "5",
+                     "--weights", DEFAULT_WEIGHTS)
     assert refused.exit_code == 2 and "blur takes no --weights" in refused.output

@@ -17,26 +17,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_bench(tmp_path, *args, plugin: str | None = None):
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "bench",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "--bench-identities",
-        "4",
-        "--bench-db",
-        str(tmp_path / "r.duckdb"),
-        *args,
-    ]
+    command = [sys.executable, "-m", "pytest", "bench", "-q", "-p", "no:cacheprovider",
+               "--bench-identities", "4", "--bench-db", str(tmp_path / "r.duckdb"), *args]
     env = dict(os.environ)
     if plugin:
         (tmp_path / "interrupter.py").write_text(plugin)
         env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env.get('PYTHONPATH', '')}"
         command += ["-p", "interrupter"]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
 
 
 def test_case_ids_are_readable_and_selectable():
@@ -62,30 +51,28 @@ def test_k_selection_writes_only_those_cases(lfw, tmp_path):
     assert "pixelate" in result.stdout and "rank1%" in result.stdout
 
 
-INTERRUPT = """
+INTERRUPT = '''
 calls = 0
 def pytest_runtest_call(item):
     global calls
     calls += 1
     if calls == 2:
         raise KeyboardInterrupt
-"""
+'''
 
 
 def test_interrupted_run_is_marked(lfw, tmp_path):
-    result = run_bench(tmp_path, "-k", "blur", "--bench-data", str(lfw.root), plugin=INTERRUPT)
+    result = run_bench(tmp_path, "-k", "blur", "--bench-data", str(lfw.root),
+                       plugin=INTERRUPT)
     assert result.returncode == pytest.ExitCode.INTERRUPTED, result.stdout + result.stderr
     with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as con:
         assert con.execute("SELECT status, finished IS NOT NULL FROM runs").fetchall() == [
-            ("interrupted", True)
-        ]
+            ("interrupted", True)]
 
 
 def test_bounds_name_metric_bound_and_value():
-    bounds = [
-        {"case": "clear", "metric": "eer", "max": 0.05},
-        {"case": "blackout-*", "metric": "geer", "min": 0.45},
-    ]
+    bounds = [{"case": "clear", "metric": "eer", "max": 0.05},
+              {"case": "blackout-*", "metric": "geer", "min": 0.45}]
     assert check_bounds("clear", {"eer": 0.01}, bounds) == []
     (problem,) = check_bounds("clear", {"eer": 0.2}, bounds)
     assert "eer" in problem and "0.05" in problem and "0.2000" in problem

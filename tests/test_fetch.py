@@ -66,23 +66,12 @@ def test_fetch_verifies_unpacks_and_splits_singletons(server, tmp_path):
     dest = tmp_path / "data"
     result = CliRunner().invoke(
         main,
-        [
-            "data",
-            "fetch",
-            "lfw",
-            "--dest",
-            str(dest),
-            "--url",
-            f"{base}/lfw.tgz",
-            "--checksum",
-            checksum,
-        ],
+        ["data", "fetch", "lfw", "--dest", str(dest), "--url", f"{base}/lfw.tgz",
+         "--checksum", checksum],
     )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (dest / "lfw" / "Ann_A").iterdir()) == [
-        "Ann_A_0001.jpg",
-        "Ann_A_0002.jpg",
-    ]
+        "Ann_A_0001.jpg", "Ann_A_0002.jpg"]
     assert [p.name for p in (dest / "lfw-singletons").iterdir()] == ["Bob_B"]
     assert not (dest / "lfw-singletons" / "Bob_B" / "notes.txt").exists()
     assert sorted(p.name for p in dest.iterdir()) == ["lfw", "lfw-singletons"]
@@ -93,13 +82,8 @@ def test_checksum_mismatch_leaves_nothing(server, tmp_path):
     make_archive(root / "lfw.tgz", GOOD)
     dest = tmp_path / "data"
     with pytest.raises(FetchError, match="checksum mismatch"):
-        fetch_dataset(
-            "lfw",
-            destination=dest,
-            url=f"{base}/lfw.tgz",
-            checksum="sha256:" + "0" * 64,
-            progress=False,
-        )
+        fetch_dataset("lfw", destination=dest, url=f"{base}/lfw.tgz",
+                      checksum="sha256:" + "0" * 64, progress=False)
     assert list(dest.iterdir()) == []
 
 
@@ -111,9 +95,8 @@ def test_broken_archive_leaves_nothing(server, tmp_path):
     checksum = "sha256:" + hashlib.sha256(data[: len(data) // 2]).hexdigest()
     dest = tmp_path / "data"
     with pytest.raises(FetchError, match="broken archive"):
-        fetch_dataset(
-            "lfw", destination=dest, url=f"{base}/cut.tgz", checksum=checksum, progress=False
-        )
+        fetch_dataset("lfw", destination=dest, url=f"{base}/cut.tgz", checksum=checksum,
+                      progress=False)
     assert list(dest.iterdir()) == []
 
 
@@ -130,9 +113,8 @@ def test_unsafe_archives_are_refused(server, tmp_path, files, links, problem):
     checksum = make_archive(root / "bad.tgz", files, links)
     dest = tmp_path / "data"
     with pytest.raises(FetchError, match=problem):
-        fetch_dataset(
-            "lfw", destination=dest, url=f"{base}/bad.tgz", checksum=checksum, progress=False
-        )
+        fetch_dataset("lfw", destination=dest, url=f"{base}/bad.tgz", checksum=checksum,
+                      progress=False)
     assert list(dest.iterdir()) == []
     assert not (tmp_path / "evil").exists()
 
@@ -143,16 +125,9 @@ def test_existing_dataset_is_not_overwritten_without_force(server, tmp_path):
     dest = tmp_path / "data"
     (dest / "lfw" / "Keep_Me").mkdir(parents=True)
     with pytest.raises(FetchError, match="already exists"):
-        fetch_dataset(
-            "lfw", destination=dest, url=f"{base}/lfw.tgz", checksum=checksum, progress=False
-        )
+        fetch_dataset("lfw", destination=dest, url=f"{base}/lfw.tgz", checksum=checksum,
+                      progress=False)
     assert (dest / "lfw" / "Keep_Me").is_dir()
-    fetch_dataset(
-        "lfw",
-        destination=dest,
-        url=f"{base}/lfw.tgz",
-        checksum=checksum,
-        progress=False,
-        force=True,
-    )
+    fetch_dataset("lfw", destination=dest, url=f"{base}/lfw.tgz", checksum=checksum,
+                  progress=False, force=True)
     assert not (dest / "lfw" / "Keep_Me").exists()

@@ -45,9 +45,8 @@ def _eer(thresholds, fa, fr):
     return eer, (t1 if math.isinf(t0) else t0 + a * (t1 - t0)), True
 
 
-def reference(
-    probe, gallery, mated, distance, *, threshold=0.6, probe_acquired=None, gallery_enrolled=None
-):
+def reference(probe, gallery, mated, distance, *, threshold=0.6, probe_acquired=None,
+              gallery_enrolled=None):
     """Every case_metrics column (and the DET points) by brute force."""
     probe = np.asarray(probe, dtype=object)
     gallery = np.asarray(gallery, dtype=object)
@@ -84,7 +83,8 @@ def reference(
         out["fnmr_at_fmr_1pct"] = fr[np.flatnonzero(fa <= 0.01).max()]
         out["fnmr_at_fmr_01pct"] = fr[np.flatnonzero(fa <= 0.001).max()]
     else:
-        out.update(eer=None, eer_threshold=None, fnmr_at_fmr_1pct=None, fnmr_at_fmr_01pct=None)
+        out.update(eer=None, eer_threshold=None, fnmr_at_fmr_1pct=None,
+                   fnmr_at_fmr_01pct=None)
     # each rate at the decision threshold only needs its own class
     out["fmr"] = float((dn <= threshold).mean()) if dn.size else None
     out["fnmr"] = float((dm > threshold).mean()) if dm.size else None
@@ -98,19 +98,19 @@ def reference(
         out["fmr_all"] = float((dn <= threshold).sum() / n_nonmated)
         out["fnmr_all"] = float((n_mated - (dm <= threshold).sum()) / n_mated)
     else:
-        out.update(geer=None, geer_threshold=None, geer_crossed=None, tar_at_fmr_1pct_all=None)
+        out.update(geer=None, geer_threshold=None, geer_crossed=None,
+                   tar_at_fmr_1pct_all=None)
         out["fmr_all"] = float((dn <= threshold).sum() / n_nonmated) if n_nonmated else None
-        out["fnmr_all"] = float((n_mated - (dm <= threshold).sum()) / n_mated) if n_mated else None
+        out["fnmr_all"] = (float((n_mated - (dm <= threshold).sum()) / n_mated)
+                           if n_mated else None)
     for i, t in enumerate(ts[1:], start=1):
-        det.append(
-            {
-                "threshold": t,
-                "fmr": matched_n[i] / dn.size if dn.size else None,
-                "fnmr": (dm.size - matched_m[i]) / dm.size if dm.size else None,
-                "fmr_all": matched_n[i] / n_nonmated if n_nonmated else None,
-                "fnmr_all": (n_mated - matched_m[i]) / n_mated if n_mated else None,
-            }
-        )
+        det.append({
+            "threshold": t,
+            "fmr": matched_n[i] / dn.size if dn.size else None,
+            "fnmr": (dm.size - matched_m[i]) / dm.size if dm.size else None,
+            "fmr_all": matched_n[i] / n_nonmated if n_nonmated else None,
+            "fnmr_all": (n_mated - matched_m[i]) / n_mated if n_mated else None,
+        })
     # rank-1 over probes with a mated comparison; fractional credit on ties
     credits = []
     for name in dict.fromkeys(probe):
@@ -137,54 +137,29 @@ def db():
 
 
 def _run(db: ResultsDB) -> int:
-    return db.start_run(
-        name="t",
-        dataset_name="synthetic",
-        dataset_fingerprint="-",
-        config={},
-        git_commit=None,
-        git_dirty=None,
-        packages={},
-        machine={},
-    )
+    return db.start_run(name="t", dataset_name="synthetic", dataset_fingerprint="-",
+                        config={}, git_commit=None, git_dirty=None, packages={}, machine={})
 
 
-def measure(
-    db,
-    probe,
-    gallery,
-    mated,
-    distance,
-    *,
-    threshold=0.6,
-    probe_acquired=None,
-    gallery_enrolled=None,
-):
+def measure(db, probe, gallery, mated, distance, *, threshold=0.6, probe_acquired=None,
+            gallery_enrolled=None):
     """Store a score set as a new case; return its case_metrics row and det_curve rows."""
     db.set_threshold(threshold)
-    case = db.add_case(_run(db), method="test", k=None, mode="naive", detector="-", backend="-")
+    case = db.add_case(_run(db), method="test", k=None, mode="naive", detector="-",
+                       backend="-")
     if len(distance):
-        db.add_scores(
-            case,
-            probe=list(probe),
-            gallery=list(gallery),
-            mated=np.asarray(mated, dtype=bool),
-            distance=np.asarray(distance, dtype=float),
-            probe_acquired=probe_acquired,
-            gallery_enrolled=gallery_enrolled,
-        )
+        db.add_scores(case, probe=list(probe), gallery=list(gallery),
+                      mated=np.asarray(mated, dtype=bool),
+                      distance=np.asarray(distance, dtype=float),
+                      probe_acquired=probe_acquired, gallery_enrolled=gallery_enrolled)
     cur = db.con.execute("SELECT * FROM case_metrics WHERE case_id = ?", [case])
     names = [d[0] for d in cur.description]
     rows = cur.fetchall()
     assert len(rows) == 1
-    det = db.con.execute(
-        "SELECT threshold, fmr, fnmr, fmr_all, fnmr_all FROM det_curve "
-        "WHERE case_id = ? ORDER BY threshold",
-        [case],
-    ).fetchall()
-    det = [
-        dict(zip(("threshold", "fmr", "fnmr", "fmr_all", "fnmr_all"), r, strict=True)) for r in det
-    ]
+    det = db.con.execute("SELECT threshold, fmr, fnmr, fmr_all, fnmr_all FROM det_curve "
+                         "WHERE case_id = ? ORDER BY threshold", [case]).fetchall()
+    det = [dict(zip(("threshold", "fmr", "fnmr", "fmr_all", "fnmr_all"), r, strict=True))
+           for r in det]
     return case, dict(zip(names, rows[0], strict=True)), det
 
 
@@ -196,9 +171,8 @@ def assert_close(actual, expected, where=""):
         elif isinstance(want, bool | np.bool_):
             assert got == want, f"{where}{key}: got {got!r}, want {want!r}"
         else:
-            assert got == pytest.approx(float(want), abs=TOL, rel=0), (
+            assert got == pytest.approx(float(want), abs=TOL, rel=0), \
                 f"{where}{key}: got {got!r}, want {want!r}"
-            )
 
 
 def check(db, probe, gallery, mated, distance, **options):
@@ -259,20 +233,17 @@ def test_large_case_crosses_many_bins(db):
 
 
 _comparison = st.tuples(
-    st.integers(0, 5),  # probe
-    st.integers(0, 4),  # gallery
-    st.booleans(),  # mated
-    st.one_of(st.none(), st.integers(0, 6).map(lambda i: i / 4)),  # ties: few values
+    st.integers(0, 5),                       # probe
+    st.integers(0, 4),                       # gallery
+    st.booleans(),                           # mated
+    st.one_of(st.none(), st.integers(0, 6).map(lambda i: i / 4)),   # ties: few values
 )
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(
-    rows=st.lists(_comparison, min_size=1, max_size=40),
-    threshold=st.sampled_from([0.0, 0.5, 0.6, 1.25]),
-)
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(_comparison, min_size=1, max_size=40),
+       threshold=st.sampled_from([0.0, 0.5, 0.6, 1.25]))
 def test_property_tied_scores(db, rows, threshold):
     probe = [f"p{r[0]}" for r in rows]
     gallery = [f"g{r[1]}" for r in rows]
@@ -281,22 +252,18 @@ def test_property_tied_scores(db, rows, threshold):
     check(db, probe, gallery, mated, distance, threshold=threshold)
 
 
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(
-    n_probes=st.integers(1, 12),
-    n_gallery=st.integers(1, 8),
-    seed=st.integers(0, 2**32 - 1),
-    fail=st.sampled_from([0.0, 0.5, 0.95]),
-)
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n_probes=st.integers(1, 12), n_gallery=st.integers(1, 8),
+       seed=st.integers(0, 2**32 - 1), fail=st.sampled_from([0.0, 0.5, 0.95]))
 def test_property_float_scores(db, n_probes, n_gallery, seed, fail):
     rng = np.random.default_rng(seed)
     probe, gallery, mated = cross_product(n_probes, n_gallery)
     distance = rng.random(len(probe)) * 1.2 - 0.3 * mated
     acquired = rng.random(n_probes) >= fail
     distance[~np.repeat(acquired, n_gallery)] = np.nan
-    check(db, probe, gallery, mated, distance, probe_acquired=np.repeat(acquired, n_gallery))
+    check(db, probe, gallery, mated, distance,
+          probe_acquired=np.repeat(acquired, n_gallery))
 
 
 # -- edge cases --------------------------------------------------------------------------
@@ -307,7 +274,7 @@ def test_all_ties(db):
     _, row, det = check(db, probe, gallery, mated, np.full(len(probe), 0.5))
     assert row["eer"] == pytest.approx(0.5)
     assert row["eer_threshold"] == 0.5
-    assert row["rank1"] == pytest.approx(1 / 3)  # chance level, not 100 %
+    assert row["rank1"] == pytest.approx(1 / 3)        # chance level, not 100 %
     assert len(det) == 1
 
 
@@ -349,9 +316,8 @@ def test_fta_and_fte_told_apart(db):
     gallery_ok = np.array([g != "g3" for g in gallery])
     probe_ok = np.array([p != "p0" for p in probe])
     distance[~(gallery_ok & probe_ok)] = np.nan
-    _, row, _ = check(
-        db, probe, gallery, mated, distance, probe_acquired=probe_ok, gallery_enrolled=gallery_ok
-    )
+    _, row, _ = check(db, probe, gallery, mated, distance, probe_acquired=probe_ok,
+                      gallery_enrolled=gallery_ok)
     assert row["fta"] == 0.25 and row["fte"] == 0.25
 
 
@@ -364,9 +330,8 @@ def test_no_mated(db):
 
 
 def test_no_nonmated(db):
-    _, row, _ = check(
-        db, ["p0", "p1", "p2"], ["g0", "g1", "g2"], [True, True, True], [0.1, 0.7, np.nan]
-    )
+    _, row, _ = check(db, ["p0", "p1", "p2"], ["g0", "g1", "g2"], [True, True, True],
+                      [0.1, 0.7, np.nan])
     assert row["eer"] is None and row["geer"] is None
     assert row["rank1"] == pytest.approx(2 / 3)
     assert row["fnmr_all"] == pytest.approx(2 / 3)
@@ -429,14 +394,12 @@ def test_confusion_matrix(db):
     distance = rng.random(len(probe))
     distance[:7] = np.nan
     case, _, _ = measure(db, probe, gallery, mated, distance, threshold=0.5)
-    cur = db.con.execute(
-        "SELECT * FROM confusion WHERE case_id = ? ORDER BY threshold, scope", [case]
-    )
+    cur = db.con.execute("SELECT * FROM confusion WHERE case_id = ? ORDER BY threshold, scope",
+                         [case])
     names = [d[0] for d in cur.description]
     rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
     assert {(r["threshold"], r["scope"]) for r in rows} == {
-        (t, s) for t in (0.5, 0.575, 0.6) for s in ("acquired", "all")
-    }
+        (t, s) for t in (0.5, 0.575, 0.6) for s in ("acquired", "all")}
     ok = ~np.isnan(distance)
     for r in rows:
         t = r["threshold"]
@@ -461,9 +424,8 @@ def test_confusion_thresholds_configurable(db):
     try:
         assert db.confusion_thresholds() == [0.5, 0.7]
         case, _, _ = measure(db, ["p"], ["g"], [True], [0.6], threshold=0.6)
-        got = db.con.execute(
-            "SELECT DISTINCT threshold FROM confusion WHERE case_id = ? ORDER BY 1", [case]
-        ).fetchall()
+        got = db.con.execute("SELECT DISTINCT threshold FROM confusion WHERE case_id = ? "
+                             "ORDER BY 1", [case]).fetchall()
         assert [g[0] for g in got] == [0.5, 0.6, 0.7]
     finally:
         db.set_confusion_thresholds([0.6, 0.575])

@@ -13,22 +13,13 @@ from faceanon.store import ResultsDB
 def _scores(db, case_id):
     return db.con.execute(
         "SELECT probe, gallery, mated, distance FROM scores WHERE case_id = ? "
-        "ORDER BY probe, gallery",
-        [case_id],
-    ).fetchall()
+        "ORDER BY probe, gallery", [case_id]).fetchall()
 
 
 def _run(db, lfw, split, workers, cases):
-    run_id = db.start_run(
-        name=f"w{workers}",
-        dataset_name="lfw",
-        dataset_fingerprint=lfw.fingerprint,
-        config={},
-        git_commit=None,
-        git_dirty=None,
-        packages={},
-        machine={},
-    )
+    run_id = db.start_run(name=f"w{workers}", dataset_name="lfw",
+                          dataset_fingerprint=lfw.fingerprint, config={}, git_commit=None,
+                          git_dirty=None, packages={}, machine={})
     with Evaluation(lfw, split, db=db, run_id=run_id, workers=workers) as evaluation:
         # The parallel path also prepares each next variant ahead (plan); the serial one not.
         evaluation.plan([c[:2] for c in cases if c[0] is not None])
@@ -39,13 +30,8 @@ def _run(db, lfw, split, workers, cases):
 
 def test_parallel_scores_equal_serial_scores(lfw, tmp_path):
     split = protocol_split(lfw, identities=8, seed=11)
-    cases = [
-        (None, None, "clear"),
-        ("blur", 15, "naive"),
-        ("noise", 30, "parrot"),
-        ("pixelate", 10, "reverse"),
-        ("blur", 15, "reverse"),
-    ]
+    cases = [(None, None, "clear"), ("blur", 15, "naive"), ("noise", 30, "parrot"),
+             ("pixelate", 10, "reverse"), ("blur", 15, "reverse")]
     # Separate databases, so the second run cannot take its embeddings from the first.
     with ResultsDB(tmp_path / "serial.duckdb") as serial_db:
         serial = [_scores(serial_db, c) for c in _run(serial_db, lfw, split, 1, cases)]
@@ -72,12 +58,12 @@ def test_clear_baseline_recognizes_100_lfw_identities(lfw, tmp_path):
 def test_strong_pixelation_is_counted_as_failure_to_acquire(lfw, tmp_path):
     split = protocol_split(lfw, identities=12, seed=5)
     with ResultsDB(tmp_path / "r.duckdb") as db:
-        naive, clear = _run(db, lfw, split, 2, [("pixelate", 5, "naive"), (None, None, "clear")])
+        naive, clear = _run(db, lfw, split, 2, [("pixelate", 5, "naive"),
+                                                (None, None, "clear")])
         rows = {r["case_id"]: r for r in db.case_metrics()}
         stored = db.con.execute(
             "SELECT count(*) FILTER (distance IS NULL), count(*) FROM scores WHERE case_id = ?",
-            [naive],
-        ).fetchall()[0]
+            [naive]).fetchall()[0]
     # Comparisons with an undetectable probe are kept, with no distance, never dropped.
     assert stored[1] == 12 * 12
     assert rows[naive]["fta"] > 0.5 and stored[0] >= rows[naive]["fta"] * 144 - 1e-9
@@ -89,16 +75,9 @@ def test_embeddings_are_reused_across_runs(lfw, tmp_path):
     with ResultsDB(tmp_path / "r.duckdb") as db:
         _run(db, lfw, split, 1, [(None, None, "clear")])
         before = db.con.execute("SELECT count(*) FROM embeddings").fetchall()[0][0]
-        run_id = db.start_run(
-            name="again",
-            dataset_name="lfw",
-            dataset_fingerprint="x",
-            config={},
-            git_commit=None,
-            git_dirty=None,
-            packages={},
-            machine={},
-        )
+        run_id = db.start_run(name="again", dataset_name="lfw", dataset_fingerprint="x",
+                              config={}, git_commit=None, git_dirty=None, packages={},
+                              machine={})
         evaluation = Evaluation(lfw, split, db=db, run_id=run_id, workers=1)
         originals = evaluation.originals()
         after = db.con.execute("SELECT count(*) FROM embeddings").fetchall()[0][0]
@@ -136,12 +115,10 @@ def test_decoded_image_cache_keeps_to_its_budget(tmp_path):
 
 
 def test_image_rng_depends_on_every_part():
-    draw = [
-        image_rng(0, "noise", 5, "a/b.jpg").random(),
-        image_rng(1, "noise", 5, "a/b.jpg").random(),
-        image_rng(0, "noise", 6, "a/b.jpg").random(),
-        image_rng(0, "noise", 5, "a/c.jpg").random(),
-    ]
+    draw = [image_rng(0, "noise", 5, "a/b.jpg").random(),
+            image_rng(1, "noise", 5, "a/b.jpg").random(),
+            image_rng(0, "noise", 6, "a/b.jpg").random(),
+            image_rng(0, "noise", 5, "a/c.jpg").random()]
     assert len(set(draw)) == 4
     assert image_rng(0, "noise", 5, "a/b.jpg").random() == draw[0]
     assert np.isfinite(draw).all()

@@ -32,59 +32,28 @@ CASES = [
 ]
 
 
-def add_run(
-    db: ResultsDB,
-    *,
-    name: str | None = "synthetic",
-    status: str | None = "complete",
-    shift: float = 0.0,
-    seed: int = 0,
-    cases=CASES,
-) -> int:
+def add_run(db: ResultsDB, *, name: str | None = "synthetic", status: str | None = "complete",
+            shift: float = 0.0, seed: int = 0, cases=CASES) -> int:
     """A run of synthetic cases; ``shift`` moves every mated distance (a regression test)."""
     rng = np.random.default_rng(seed)
-    run = db.start_run(
-        name=name,
-        dataset_name="synthetic",
-        dataset_fingerprint="f" * 64,
-        config={"identities": N, "seed": 0, "threshold": 0.6},
-        git_commit="0123456789abcdef",
-        git_dirty=False,
-        packages={},
-        machine={},
-    )
+    run = db.start_run(name=name, dataset_name="synthetic", dataset_fingerprint="f" * 64,
+                       config={"identities": N, "seed": 0, "threshold": 0.6},
+                       git_commit="0123456789abcdef", git_dirty=False, packages={},
+                       machine={})
     probes = np.repeat([f"p{i:02d}/probe.jpg" for i in range(N)], N)
     gallery = np.tile([f"p{i:02d}/gallery.jpg" for i in range(N)], N)
     mated = np.repeat(np.arange(N), N) == np.tile(np.arange(N), N)
     for method, k, mode, separation, failing in cases:
-        case = db.add_case(
-            run, method=method or "none", k=k, mode=mode, detector="hog", backend="dlib-resnet"
-        )
+        case = db.add_case(run, method=method or "none", k=k, mode=mode, detector="hog",
+                           backend="dlib-resnet")
         distance = rng.normal(0.75, 0.06, N * N) - (separation - shift) * mated
         failed = np.arange(N) < round(failing * N)
         distance[failed[np.repeat(np.arange(N), N)]] = np.nan
         db.add_scores(case, probe=probes, gallery=gallery, mated=mated, distance=distance)
-        db.add_timings(
-            case,
-            [
-                {
-                    "name": "anonymize",
-                    "mean": 0.002,
-                    "min": 0.001,
-                    "median": 0.002,
-                    "stddev": 0.0,
-                    "rounds": N,
-                },
-                {
-                    "name": "recognize",
-                    "mean": 0.07,
-                    "min": 0.06,
-                    "median": 0.07,
-                    "stddev": 0.0,
-                    "rounds": N,
-                },
-            ],
-        )
+        db.add_timings(case, [{"name": "anonymize", "mean": 0.002, "min": 0.001,
+                               "median": 0.002, "stddev": 0.0, "rounds": N},
+                              {"name": "recognize", "mean": 0.07, "min": 0.06,
+                               "median": 0.07, "stddev": 0.0, "rounds": N}])
     if status is not None:
         db.finish_run(run, status)
     return run
@@ -100,8 +69,8 @@ def db_path(tmp_path) -> Path:
 
 
 def leaderboard_rows(page: str) -> list[str]:
-    table = page[page.index('id="leaderboard-table"') :]
-    table = table[: table.index("</table>")]
+    table = page[page.index('id="leaderboard-table"'):]
+    table = table[:table.index("</table>")]
     return re.findall(r'<tr data-case="\d+">', table)
 
 
@@ -109,12 +78,13 @@ def test_report_shows_one_row_per_case_and_the_reference(db_path, tmp_path):
     index = render_report(db_path, tmp_path / "report", identities=0)
     page = index.read_text(encoding="utf-8")
     assert len(leaderboard_rows(page)) == len(CASES)
-    reference = page[page.index('<tbody class="reference">') :]
-    assert "clear" in reference[: reference.index("</tbody>")]
+    reference = page[page.index('<tbody class="reference">'):]
+    assert "clear" in reference[:reference.index("</tbody>")]
     # Every figure is inline SVG: nothing is fetched from anywhere.
     assert page.count("<svg") >= 1 + 2  # DET per method, EER vs k, FTA vs k
     assert not re.search(r'(src|href)="(https?:)?//', page)
-    for section in ("leaderboard", "det", "eer-k", "confusion", "pictures", "reproduction", "runs"):
+    for section in ("leaderboard", "det", "eer-k", "confusion", "pictures", "reproduction",
+                    "runs"):
         assert f'<section id="{section}">' in page
     # The seed study's figures sit beside ours, its dataset named.
     assert "FERET" in page and "72.3" in page
@@ -145,8 +115,9 @@ def test_unfinished_run_is_marked(tmp_path, status):
     with ResultsDB(path) as db:
         add_run(db, name="done")
         unfinished = add_run(db, name="partial", status=None if status == "running" else status)
-    page = render_report(path, tmp_path / "report", run_ids=[unfinished], identities=0).read_text()
-    banner = page[page.index('id="run-banner"') :]
+    page = render_report(path, tmp_path / "report", run_ids=[unfinished],
+                         identities=0).read_text()
+    banner = page[page.index('id="run-banner"'):]
     assert f"is <b>{status}</b>" in banner[:400]
     assert "partial" in banner[:400]
 
@@ -157,12 +128,11 @@ def test_comparison_highlights_a_regression(tmp_path):
         before = add_run(db, name="before", seed=3)
         # Mated distances 0.2 lower: every anonymized case is recognized far better.
         after = add_run(db, name="after", seed=3, shift=-0.2)
-    page = render_report(
-        path, tmp_path / "report", run_ids=[before, after], identities=0
-    ).read_text()
+    page = render_report(path, tmp_path / "report", run_ids=[before, after],
+                         identities=0).read_text()
     assert '<section id="comparison">' in page
-    table = page[page.index('id="comparison-table"') :]
-    rows = re.findall(r'data-regression="(yes|no)"', table[: table.index("</table>")])
+    table = page[page.index('id="comparison-table"'):]
+    rows = re.findall(r'data-regression="(yes|no)"', table[:table.index("</table>")])
     assert len(rows) == len(CASES)
     assert "yes" in rows
     assert 'class="bad"' in table
@@ -170,18 +140,9 @@ def test_comparison_highlights_a_regression(tmp_path):
 
 def test_compare_runs_directions():
     def row(mode, **metrics):
-        base = {
-            "method": "blur",
-            "k": 5,
-            "mode": mode,
-            "detector": "hog",
-            "backend": "b",
-            "eer": 0.2,
-            "geer": 0.3,
-            "rank1": 0.5,
-            "anonymize_ms": 2.0,
-            "recognize_ms": 70.0,
-        }
+        base = {"method": "blur", "k": 5, "mode": mode, "detector": "hog", "backend": "b",
+                "eer": 0.2, "geer": 0.3, "rank1": 0.5, "anonymize_ms": 2.0,
+                "recognize_ms": 70.0}
         return {**base, **metrics}
 
     # Anonymized: rank-1 up is a regression, rank-1 down is not.
@@ -197,7 +158,8 @@ def test_compare_runs_directions():
     assert {r["status"] for r in only} == {"only base", "only new"}
 
 
-def test_output_is_replaced_whole_and_failures_leave_the_old_report(db_path, tmp_path, monkeypatch):
+def test_output_is_replaced_whole_and_failures_leave_the_old_report(db_path, tmp_path,
+                                                                    monkeypatch):
     out = tmp_path / "report"
     render_report(db_path, out, identities=0)
     assert (out / MARKER).is_file()
@@ -230,22 +192,19 @@ def test_command_line(db_path, tmp_path):
     from faceanon.cli import main
 
     out = tmp_path / "site"
-    result = CliRunner().invoke(
-        main, ["report", "--db", str(db_path), "--out", str(out), "--run", "1", "--identities", "0"]
-    )
+    result = CliRunner().invoke(main, ["report", "--db", str(db_path), "--out", str(out),
+                                       "--run", "1", "--identities", "0"])
     assert result.exit_code == 0, result.output
     assert (out / "index.html").is_file()
-    result = CliRunner().invoke(
-        main, ["report", "--db", str(db_path), "--out", str(out), "--run", "99"]
-    )
+    result = CliRunner().invoke(main, ["report", "--db", str(db_path), "--out", str(out),
+                                       "--run", "99"])
     assert result.exit_code != 0 and "no run 99" in result.output
-    result = CliRunner().invoke(
-        main, ["report", "--db", str(tmp_path / "none.duckdb"), "--out", str(out)]
-    )
+    result = CliRunner().invoke(main, ["report", "--db", str(tmp_path / "none.duckdb"),
+                                       "--out", str(out)])
     assert result.exit_code != 0 and "no results database" in result.output
 
 
 def test_pictures_without_the_dataset_say_so(db_path, tmp_path):
     page = render_report(db_path, tmp_path / "report", identities=3).read_text()
-    notes = page[page.index('<section id="pictures">') :]
+    notes = page[page.index('<section id="pictures">'):]
     assert "not on this machine" in notes[:3000]

@@ -28,34 +28,20 @@ from faceanon.store import ResultsDB
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 IDENTITIES = 8
-CASES = [
-    (None, None, "clear"),
-    ("blur", 15, "naive"),
-    ("blur", 90, "naive"),
-    ("pixelate", 10, "naive"),
-]
+CASES = [(None, None, "clear"), ("blur", 15, "naive"), ("blur", 90, "naive"),
+         ("pixelate", 10, "naive")]
 # Everything that could reach the network or touch a profile is off: the page must stand
 # alone, and the test must run on a machine with no internet.
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--window-size=1440,1000",
-    "--hide-scrollbars",
-    "--force-device-scale-factor=1",
-]
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--window-size=1440,1000",
+                  "--hide-scrollbars", "--force-device-scale-factor=1"]
 
 
 def _required() -> bool:
-    return (
-        os.environ.get("FACEANON_REQUIRE_DATA") == "1" or os.environ.get("CI", "").lower() == "true"
-    )
+    return (os.environ.get("FACEANON_REQUIRE_DATA") == "1"
+            or os.environ.get("CI", "").lower() == "true")
 
 
 def _unavailable(reason: str):
@@ -67,8 +53,7 @@ def _unavailable(reason: str):
 def _browser() -> tuple[str, str]:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver") or (
-        "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").is_file() else None
-    )
+        "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").is_file() else None)
     if chromium is None:
         _unavailable("Chromium is not installed (apt-get install chromium chromium-driver)")
     if driver is None:
@@ -88,39 +73,20 @@ def real_report(lfw, tmp_path_factory) -> Path:
     settings = Settings()
     with ResultsDB(folder / "results.duckdb") as db:
         run = db.start_run(
-            name="browser test <b>run</b>",
-            dataset_name=lfw.name,
+            name="browser test <b>run</b>", dataset_name=lfw.name,
             dataset_fingerprint=lfw.fingerprint,
-            config={
-                "identities": IDENTITIES,
-                **split.summary(),
-                **settings.as_dict(),
-                "threshold": db.threshold,
-                "dataset_root": str(lfw.root),
-            },
-            git_commit=None,
-            git_dirty=None,
-            packages={},
-            machine={},
-        )
-        with Evaluation(lfw, split, db=db, run_id=run, settings=settings, workers=1) as evaluation:
+            config={"identities": IDENTITIES, **split.summary(), **settings.as_dict(),
+                    "threshold": db.threshold, "dataset_root": str(lfw.root)},
+            git_commit=None, git_dirty=None, packages={}, machine={})
+        with Evaluation(lfw, split, db=db, run_id=run, settings=settings,
+                        workers=1) as evaluation:
             for method, k, mode in CASES:
                 case, timing = evaluation.run_case(method, k, mode)
-                db.add_timings(
-                    case,
-                    [
-                        {
-                            "name": name,
-                            "mean": sum(values) / len(values),
-                            "min": min(values),
-                            "median": sorted(values)[len(values) // 2],
-                            "stddev": 0.0,
-                            "rounds": len(values),
-                        }
-                        for name, values in timing.items()
-                        if values
-                    ],
-                )
+                db.add_timings(case, [
+                    {"name": name, "mean": sum(values) / len(values), "min": min(values),
+                     "median": sorted(values)[len(values) // 2], "stddev": 0.0,
+                     "rounds": len(values)}
+                    for name, values in timing.items() if values])
         db.finish_run(run, "complete")
     return render_report(folder / "results.duckdb", folder / "report", identities=3)
 
@@ -147,10 +113,9 @@ def browser(tmp_path_factory):
 
 
 def _cells(driver, column: int) -> list[str]:
-    return [
-        row.find_elements("css selector", "td")[column].get_attribute("data-sort")
-        for row in driver.find_elements("css selector", "#leaderboard-table tbody.rows tr")
-    ]
+    return [row.find_elements("css selector", "td")[column].get_attribute("data-sort")
+            for row in driver.find_elements("css selector",
+                                            "#leaderboard-table tbody.rows tr")]
 
 
 def _numbers(values: list[str]) -> list[float]:
@@ -162,14 +127,9 @@ def _save_screenshot(driver, path: Path) -> None:
     # strip must all be in the picture.
     height = driver.execute_script("return document.documentElement.scrollHeight")
     width = driver.execute_script("return document.documentElement.scrollWidth")
-    shot = driver.execute_cdp_cmd(
-        "Page.captureScreenshot",
-        {
-            "format": "png",
-            "captureBeyondViewport": True,
-            "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
-        },
-    )
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}})
     path.write_bytes(base64.b64decode(shot["data"]))
 
 
@@ -186,15 +146,10 @@ def test_report_in_chromium(real_report, browser, tmp_path):
     # The leaderboard: the clear reference row, then one row per anonymized case.
     reference = driver.find_elements("css selector", "#leaderboard-table tbody.reference tr")
     assert len(reference) == 1 and "clear" in reference[0].text
-    seen = {
-        (m, k, mode)
-        for m, k, mode in zip(_cells(driver, 0), _cells(driver, 1), _cells(driver, 2), strict=True)
-    }
-    assert seen == {
-        ("blur", "15.0", "naive"),
-        ("blur", "90.0", "naive"),
-        ("pixelate", "10.0", "naive"),
-    }
+    seen = {(m, k, mode) for m, k, mode in zip(_cells(driver, 0), _cells(driver, 1),
+                                               _cells(driver, 2), strict=True)}
+    assert seen == {("blur", "15.0", "naive"), ("blur", "90.0", "naive"),
+                    ("pixelate", "10.0", "naive")}
 
     # Sorting: rank-1 ascending, then descending; the reference row stays on top.
     header = driver.find_element("css selector", '#leaderboard-table th[data-col="3"]')
@@ -209,19 +164,15 @@ def test_report_in_chromium(real_report, browser, tmp_path):
     by_k = driver.find_element("css selector", '#leaderboard-table th[data-col="1"] button')
     by_k.click()
     assert _numbers(_cells(driver, 1)) == [10.0, 15.0, 90.0]
-    assert (
-        "clear" in driver.find_element("css selector", "#leaderboard-table tbody.reference tr").text
-    )
+    assert "clear" in driver.find_element(
+        "css selector", "#leaderboard-table tbody.reference tr").text
 
     # Figures and pictures: inline SVG, and every thumbnail actually decoded.
     assert len(driver.find_elements("css selector", "#det svg")) >= 2  # blur, pixelate
     images = driver.find_elements("css selector", "#picture-strip img")
     assert len(images) == 3 * (1 + 3)  # 3 identities x (original + 3 variants)
-    broken = [
-        i.get_attribute("src")
-        for i in images
-        if not driver.execute_script("return arguments[0].naturalWidth", i)
-    ]
+    broken = [i.get_attribute("src") for i in images
+              if not driver.execute_script("return arguments[0].naturalWidth", i)]
     assert not broken, broken
     # The run name from the database is shown as text, never as markup.
     assert "browser test <b>run</b>" in driver.find_element("css selector", ".run-name").text
