@@ -281,6 +281,10 @@ def test_runs_cli(db_path):
     with ResultsDB(db_path) as db:
         first = _start(db, name="first")
         _fill(db, first)
+        hidden = db.add_case(first, method="blackout", k=None, mode="naive", detector="hog",
+                             backend="dlib")                # no probe has a face
+        db.add_scores(hidden, probe=["p0", "p0", "p1", "p1"], gallery=["g0", "g1"] * 2,
+                      mated=np.array([True, False, False, True]), distance=np.full(4, np.nan))
         db.finish_run(first, "complete")
         second = _start(db, name="second")
     runner = CliRunner()
@@ -296,11 +300,13 @@ def test_runs_cli(db_path):
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert [r["id"] for r in data] == [second, first]
-    assert data[1]["n_scores"] == 12 and data[1]["config"]["seed"] == 1
+    assert data[1]["n_scores"] == 12 + 4 and data[1]["config"]["seed"] == 1
 
     result = runner.invoke(runs_command, ["show", str(first), "--db", str(db_path)])
     assert result.exit_code == 0, result.output
     assert "status: complete" in result.output and "blur" in result.output
+    (blackout,) = [line for line in result.output.splitlines() if "blackout" in line]
+    assert "not reached" in blackout                        # not 0.500
 
     result = runner.invoke(runs_command, ["show", str(first), "--db", str(db_path), "--json"])
     assert result.exit_code == 0, result.output

@@ -46,3 +46,22 @@ def test_queries_of_the_report_and_the_benchmark():
         assert db.probe_keys(run) == [(f"p{i}", False) for i in range(PROBES)]
         db.store_embeddings("dlib", ["a", "b"], [np.ones(3), None], [1, 0], model="toy")
         assert db.embedding_counts() == (2, 1)
+
+
+def test_anonymized_images_equal_to_their_originals_are_counted_per_case():
+    with ResultsDB(":memory:") as db:
+        run, case = _run_with_one_case(db, seed=0)          # blur, k = 9, naive
+        clear = db.add_case(run, method="none", k=None, mode="clear", detector="hog",
+                            backend="dlib")
+        db.add_images(run, {
+            "key": ["p0", "p1", "p0", "p1", "p0", "p1"],
+            "role": ["original"] * 2 + ["anonymized"] * 4,
+            "method": [None, None, "blur", "blur", "blur", "blur"],
+            "k": [None, None, 9, 9, 15, 15],
+            # p0 at k = 9 kept its pixels; at k = 15 both changed
+            "sha256": ["a", "b", "a", "c", "d", "e"],
+        })
+        row = db.one_case_metrics(case)
+        assert (row["n_anonymized"], row["n_unchanged"]) == (2, 1)
+        baseline = db.one_case_metrics(clear)
+        assert (baseline["n_anonymized"], baseline["n_unchanged"]) == (None, None)

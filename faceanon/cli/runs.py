@@ -96,9 +96,15 @@ def show_run(run_id: int, db_path: Path, as_json: bool):
             return "-"
         return f"{value:.3f}" if isinstance(value, float) else str(value)
 
+    def cell(case: dict, column: str) -> str:
+        # a generalized EER the curves never reach is not a number to read as 0.5
+        if column == "geer" and case["geer_crossed"] is False:
+            return "not reached"
+        return fmt(case[column])
+
     columns = ("case_id", "method", "k", "mode", "detector", "backend", "n_acquired", "fta",
                "eer", "geer", "tar_at_fmr_1pct_all", "rank1")
-    _echo_table(columns, [tuple(fmt(c[col]) for col in columns) for c in cases])
+    _echo_table(columns, [tuple(cell(c, col) for col in columns) for c in cases])
 
 
 @runs_command.command("delete")
