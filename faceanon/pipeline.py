@@ -12,7 +12,8 @@ possible and on every core:
   encoded in this run or an earlier one.
 - Worker processes each keep their models loaded, take work in chunks, and send back only
   embeddings, never images, so memory stays bounded however large the dataset.
-- Distances are one numpy matrix per case, written to DuckDB in one bulk insert.
+- Distances are one numpy matrix per case, written to DuckDB in one bulk insert, in the
+  same transaction as the case's row, its images and its timings (:meth:`Evaluation.store`).
 
 Recognition modes, cases and the per-image seed rule are defined in
 :mod:`faceanon.protocol`; this module only runs them.

@@ -196,6 +196,18 @@ def test_bounds_name_metric_bound_and_value(tmp_path):
     assert load_bounds(ROOT / "bench" / "thresholds.toml"), "CI's bounds file parses"
 
 
+def test_every_ci_bound_matches_a_smoke_case_and_can_fail():
+    bounds = load_bounds(ROOT / "bench" / "thresholds.toml")
+    check_patterns(bounds, [c.label for c in cases("smoke")], source="thresholds.toml",
+                   grid="smoke")
+    for bound in bounds:
+        # rates lie in [0, 1]: a min of 0 or a max of 1 could never fail
+        assert bound.get("min", 1) > 0 and bound.get("max", 0) < 1, bound
+        if "eer" in bound["metric"]:
+            assert bound.get("min_acquired", 0) >= 20, bound
+    assert not [b for b in bounds if b["metric"] == "geer"], "blackout's geer cannot fail"
+
+
 def test_min_acquired_fails_an_eer_that_rests_on_too_few_faces():
     bounds = [{"case": "blur-*", "metric": "eer", "max": 0.3, "min_acquired": 20}]
     assert check_bounds("blur-k15-naive", {"eer": 0.1, "n_mated_acquired": 20}, bounds) == []
