@@ -102,29 +102,8 @@ def test_k_selection_writes_only_those_cases(lfw, tmp_path):
     assert "test_encode_speed" not in result.stdout  # not selected by -k pixelate
 
 
+# Ctrl-C (a real SIGINT) during the second case ...
 INTERRUPT = '''
-calls = 0
-def pytest_runtest_call(item):
-    global calls
-    calls += 1
-    if calls == 2:
-        raise KeyboardInterrupt
-'''
-
-
-def test_interrupted_run_is_marked(lfw, tmp_path):
-    result = run_bench(tmp_path, "-k", "test_privacy and blur", "--bench-data", str(lfw.root),
-                       plugins={"interrupter": INTERRUPT})
-    assert result.returncode == pytest.ExitCode.INTERRUPTED, result.stdout + result.stderr
-    with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as con:
-        assert con.execute("SELECT status, finished IS NOT NULL FROM runs").fetchall() == [
-            ("interrupted", True)]
-
-
-# Ctrl-C during the second case, then Ctrl-C again while pytest handles the first one, as
-# `timeout -s INT` or an impatient user does: pytest then finishes the session with its
-# exit status still "OK".
-DOUBLE_INTERRUPT = '''
 import os, signal
 calls = 0
 def pytest_runtest_call(item):
@@ -132,16 +111,22 @@ def pytest_runtest_call(item):
     calls += 1
     if calls == 2:
         os.kill(os.getpid(), signal.SIGINT)
-
+'''
+# ... and again while pytest handles the first, as `timeout -s INT` or an impatient user
+# does: pytest then finishes the session with its exit status still "OK".
+AGAIN = '''
 def pytest_keyboard_interrupt(excinfo):
     os.kill(os.getpid(), signal.SIGINT)
 '''
 
 
-def test_a_double_interrupt_never_marks_the_run_complete(lfw, tmp_path):
+@pytest.mark.parametrize("plugin", [INTERRUPT, INTERRUPT + AGAIN], ids=["once", "twice"])
+def test_an_interrupted_run_is_never_marked_complete(lfw, tmp_path, plugin):
     result = run_bench(tmp_path, "-k", "test_privacy and blur", "--bench-data", str(lfw.root),
-                       plugins={"interrupter": DOUBLE_INTERRUPT})
+                       plugins={"interrupter": plugin})
     assert result.returncode != 0, result.stdout + result.stderr
+    if plugin == INTERRUPT:
+        assert result.returncode == pytest.ExitCode.INTERRUPTED
     with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as con:
         assert con.execute("SELECT status, finished IS NOT NULL FROM runs").fetchall() == [
             ("interrupted", True)]
