@@ -30,12 +30,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from faceanon.landmarks import (
-    align_canonical,
-    clip_box,
-    face_keypoints,
-    feather_mask,
-)
+from faceanon.detect import clip_box
+from faceanon.landmarks import align_canonical, face_keypoints, feather_mask, paste_warped
 from faceanon.methods import Box, Method, MethodError
 
 
@@ -207,24 +203,6 @@ class KSame(Method):
 
     def _paste(self, out: np.ndarray, average: np.ndarray, box: Box, matrix) -> None:
         """Warp the canonical ``average`` back into ``box`` of ``out``, blending inside it."""
-        x, y, w, h = box
-        # Map box pixels to canonical pixels: canonical = matrix @ (box origin + local).
-        to_canonical = np.array(matrix, dtype=np.float64).copy()
-        to_canonical[:, 2] += to_canonical[:, :2] @ np.array([x, y], dtype=np.float64)
-        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        patch = cv2.warpAffine(
-            average, to_canonical, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE
-        )
-        # Where the canonical frame does not reach into the box, keep the original.
-        coverage = cv2.warpAffine(
-            np.ones((self.size, self.size), np.float32),
-            to_canonical,
-            (w, h),
-            flags=flags,
-            borderMode=cv2.BORDER_CONSTANT,
-            borderValue=0,
-        )
-        alpha = (feather_mask(h, w, border=self.feather) * coverage)[:, :, None]
-        region = out[y : y + h, x : x + w].astype(np.float32)
-        blended = alpha * np.clip(patch, 0, 255) + (1.0 - alpha) * region
-        out[y : y + h, x : x + w] = np.round(blended).astype(np.uint8)
+        _, _, w, h = box
+        alpha = feather_mask(h, w, border=self.feather)
+        paste_warped(out, average, matrix, box, alpha=alpha, interpolation=cv2.INTER_LINEAR)

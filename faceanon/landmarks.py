@@ -12,7 +12,6 @@ subject's right eye (image left), 42-47 the subject's left eye, 48-67 mouth.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -137,12 +136,20 @@ def keypoints_from_box(box: Box) -> np.ndarray:
     )
 
 
+def landmarks_or_none(image: np.ndarray, box: Box) -> np.ndarray | None:
+    """:func:`landmarks68`, or ``None`` where the predictor fails in ``box``."""
+    try:
+        return landmarks68(image, box)
+    except LandmarkError:
+        return None
+
+
 def face_keypoints(image: np.ndarray, box: Box) -> tuple[np.ndarray, bool]:
     """Keypoints for ``box`` and whether they came from landmarks (``False``: from the box)."""
-    try:
-        return keypoints_from_landmarks(landmarks68(image, box)), True
-    except LandmarkError:
+    points = landmarks_or_none(image, box)
+    if points is None:
         return keypoints_from_box(box), False
+    return keypoints_from_landmarks(points), True
 
 
 # Canonical positions, in a unit square, of the five points k-Same aligns on (eye centres,
@@ -158,11 +165,6 @@ CANONICAL_FIVE = np.array(
     ],
     dtype=np.float32,
 )
-
-
-def five_points(points68: np.ndarray) -> np.ndarray:
-    """Eye centres, nose tip and mouth corners ``(5, 2)`` from 68 landmarks."""
-    return keypoints_from_landmarks(points68)[:5]
 
 
 def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -187,11 +189,6 @@ def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.hstack([rotation, shift[:, None]])
 
 
-def invert_affine(matrix: np.ndarray) -> np.ndarray:
-    """Inverse of a ``2x3`` affine matrix."""
-    return cv2.invertAffineTransform(np.asarray(matrix, dtype=np.float64))
-
-
 def align_canonical(
     image: np.ndarray, five: np.ndarray, *, size: int = 64
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -199,20 +196,13 @@ def align_canonical(
 
     ``five`` are eye centres, nose tip and mouth corners (the first five keypoints).
     Returns the aligned ``uint8`` face and the ``2x3`` matrix that maps image coordinates
-    to aligned ones; :func:`invert_affine` of it warps an aligned face back.
+    to aligned ones; :func:`paste_warped` warps an aligned face back.
     """
     matrix = similarity_transform(np.asarray(five)[:5], CANONICAL_FIVE * size)
     aligned = cv2.warpAffine(
         image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
     return aligned, matrix
-
-
-def align_face(
-    image: np.ndarray, points68: np.ndarray, *, size: int = 64
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`align_canonical` from the 68 landmarks."""
-    return align_canonical(image, five_points(points68), size=size)
 
 
 def feather_mask(height: int, width: int, *, border: float = 0.15) -> np.ndarray:
@@ -229,12 +219,94 @@ def feather_mask(height: int, width: int, *, border: float = 0.15) -> np.ndarray
     return np.clip(np.minimum(dy[:, None], dx[None, :]), 0.0, 1.0).astype(np.float32)
 
 
-def clip_box(box: Sequence[int], shape: Sequence[int]) -> Box | None:
-    """``box`` clipped to an image of ``shape``; ``None`` when nothing of it is left."""
-    height, width = int(shape[0]), int(shape[1])
-    x, y, w, h = (int(v) for v in box)
-    x0, y0 = max(x, 0), max(y, 0)
-    x1, y1 = min(x + w, width), min(y + h, height)
-    if x1 <= x0 or y1 <= y0:
-        return None
-    return (x0, y0, x1 - x0, y1 - y0)
+def feature_blend_mask(
+    points68: np.ndarray | None,
+    box: Box,
+    *,
+    feather: float = 0.12,
+    outer_feather: float = 0.25,
+    grow: float = 0.05,
+) -> np.ndarray:
+    """Blend weights ``(h, w)`` for a generated face: a wide ramp except on the features.
+
+    A generated face pasted with a narrow ramp along the box edge shows the box as a
+    straight seam where the photo around it (forehead, cheeks, background) does not match.
+    This mask ramps over ``outer_feather`` of the box's shorter side, wide enough to hide
+    the seam, everywhere except on the face's features (brows, eyes, nose, mouth: the
+    convex hull of landmarks 17-67 and ``grow`` of the box's shorter side around it, then
+    falling off over as much again), where it is the narrow :func:`feather_mask` of
+    ``feather``. So the features are replaced exactly as by the
+    narrow ramp (where they reach the box edge too), and only pixels away from them keep
+    more of the photo: every value lies in ``[0, 1]`` and is at most the narrow ramp's.
+
+    Without landmarks (``points68`` is ``None``) the features are unknown, and the mask is
+    the narrow ramp: nothing more of the photo is kept.
+    """
+    x, y, w, h = box
+    narrow = feather_mask(h, w, border=feather)
+    if points68 is None:
+        return narrow
+    features = np.asarray(points68, np.float32)[17:] - np.array([x, y], np.float32)
+    hull = cv2.convexHull(np.round(features).astype(np.int32))
+    outside = np.ones((h, w), np.uint8)
+    cv2.fillConvexPoly(outside, hull, 0)
+    # 1 on the hull and up to `grow` beyond it, falling linearly to 0 at twice that.
+    radius = max(1.0, grow * min(w, h))
+    distance = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    core = np.clip(2.0 - distance / radius, 0.0, 1.0).astype(np.float32)
+    wide = feather_mask(h, w, border=outer_feather)
+    return np.maximum(wide, np.minimum(core, narrow))
+
+
+def paste_warped(
+    out: np.ndarray,
+    source: np.ndarray,
+    matrix: np.ndarray,
+    box: Box,
+    *,
+    alpha: np.ndarray | float = 1.0,
+    interpolation: int = cv2.INTER_LINEAR,
+) -> None:
+    """Warp ``source`` back into ``box`` of ``out`` and blend it there, in place.
+
+    ``matrix`` is the ``2x3`` affine map from image coordinates to ``source``'s frame (an
+    aligned face, a model crop); every box pixel samples ``source`` where the map sends it.
+    ``alpha`` (a scalar, or ``(h, w)`` for the box) weighs the warped pixels against the
+    pixels already in ``out``; it is multiplied by the share of each box pixel that
+    ``source`` covers, so a frame that does not reach a box corner leaves the original
+    there. Only pixels inside ``box`` are written, so the method contract (nothing outside
+    the regions changes) holds whatever ``alpha`` is.
+
+    Parameters
+    ----------
+    out : ndarray
+        ``uint8`` image ``(H, W, 3)``, modified in place.
+    source : ndarray
+        float32 or ``uint8`` ``(S, S, 3)`` image in the warped frame, values in ``[0, 255]``.
+    matrix : ndarray
+        ``2x3`` image-to-source affine matrix.
+    box : tuple of int
+        ``(x, y, w, h)`` inside ``out`` (clip it first).
+    alpha : float or ndarray, optional
+        Blend weight of the warped pixels, ``1`` replaces.
+    interpolation : int, optional
+        OpenCV interpolation flag for sampling ``source``.
+    """
+    x, y, w, h = box
+    # Map box pixels to source pixels: source = matrix @ (box origin + local).
+    to_source = np.array(matrix, dtype=np.float64).copy()
+    to_source[:, 2] += to_source[:, :2] @ np.array([x, y], dtype=np.float64)
+    flags = interpolation | cv2.WARP_INVERSE_MAP
+    patch = cv2.warpAffine(source, to_source, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    coverage = cv2.warpAffine(
+        np.ones(source.shape[:2], np.float32),
+        to_source,
+        (w, h),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+    weight = (np.asarray(alpha, dtype=np.float32) * coverage)[:, :, None]
+    region = out[y : y + h, x : x + w].astype(np.float32)
+    blended = weight * np.clip(patch, 0, 255) + (1.0 - weight) * region
+    out[y : y + h, x : x + w] = np.round(blended).astype(np.uint8)

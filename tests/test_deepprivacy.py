@@ -21,7 +21,7 @@ from faceanon.deepprivacy import (  # noqa: E402
     load_generator,
     save_generator,
 )
-from faceanon.methods import get_method  # noqa: E402
+from faceanon.methods import MethodError, get_method  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,17 @@ def test_the_generator_never_sees_the_face(random_weights):
     # Only the feathered rim (which mixes in the original) may differ.
     inner = (slice(53, 65), slice(53, 65))
     assert np.array_equal(out_a[inner], out_b[inner])
+
+
+def test_blend_options_are_checked(random_weights):
+    with pytest.raises(MethodError, match="blend must be one of box, features, got 'soft'"):
+        DeepPrivacy(weights=random_weights, blend="soft")
+    with pytest.raises(MethodError, match="feather <= outer_feather"):
+        DeepPrivacy(weights=random_weights, blend="features", feather=0.3, outer_feather=0.2)
+    with pytest.raises(MethodError, match="0 <= feather <= 0.5"):
+        DeepPrivacy(weights=random_weights, feather=-0.1)
+    assert DeepPrivacy(weights=random_weights, feather=0.3, outer_feather=0.2).feather == 0.3
+    assert DeepPrivacy(weights=random_weights).describe()["blend"] == "box"
 
 
 def test_box_mask_covers_every_box_pixel_after_cropping():
@@ -191,3 +202,31 @@ def test_shipped_model_replaces_lfw_faces_that_hog_still_finds(lfw):
     assert faces >= 18
     assert seconds / faces < 1.0
     assert found / faces >= 0.9
+
+
+@pytest.mark.realdata
+def test_the_feature_blend_replaces_the_features_as_the_box_blend_does(lfw):
+    """Only pixels away from the features keep more of the photo; the features do not."""
+    from faceanon.imageio import read_image
+    from faceanon.landmarks import feature_blend_mask, hog_boxes, landmarks68
+
+    by_identity = lfw.images_of()
+    features, box_blend = DeepPrivacy(blend="features"), DeepPrivacy(blend="box")
+    checked = 0
+    for i, name in enumerate(sorted(by_identity)[::200][:6]):
+        image = read_image(lfw.path(by_identity[name][0]))
+        boxes = hog_boxes(image, upsample=1)[:1]
+        if not boxes:
+            continue
+        a = features.anonymize(image, boxes, k=None, rng=np.random.default_rng(i))
+        b = box_blend.anonymize(image, boxes, k=None, rng=np.random.default_rng(i))
+        x, y, w, h = boxes[0]
+        mask = feature_blend_mask(landmarks68(image, boxes[0]), boxes[0])
+        core = mask >= 0.999
+        assert core.mean() > 0.3
+        assert np.array_equal(a[y : y + h, x : x + w][core], b[y : y + h, x : x + w][core])
+        outside = np.ones(image.shape[:2], bool)
+        outside[y : y + h, x : x + w] = False
+        assert np.array_equal(a[outside], image[outside])
+        checked += 1
+    assert checked >= 5

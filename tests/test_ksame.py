@@ -241,3 +241,30 @@ def test_cli_refuses_a_folder_with_fewer_faces_than_k(lfw, tmp_path):
     assert result.exit_code != 0
     assert "fewer than k=3" in result.output
     assert not any((tmp_path / "out").glob("*.jpg"))
+
+
+#: sha256 over the uint8 outputs of k-Same (k=3, rng seed 3) on the first HOG face of every
+#: 60th LFW identity (24 images), recorded with the code before the blend moved into
+#: ``faceanon.landmarks.paste_warped``: refactoring must not change a single pixel.
+KSAME_LFW_DIGEST = "c8a644b95f65a77575b3b8d50427e94096ba6e9a4bb4f185c058e0e2c430200c"
+
+
+@pytest.mark.realdata
+def test_outputs_on_real_faces_are_bit_identical_to_the_recorded_ones(lfw):
+    import hashlib
+
+    from faceanon.imageio import read_image
+    from faceanon.landmarks import hog_boxes
+
+    by_identity = lfw.images_of()
+    images, boxes = [], []
+    for name in sorted(by_identity)[::60][:24]:
+        image = read_image(lfw.path(by_identity[name][0]))
+        images.append(image)
+        boxes.append(hog_boxes(image, upsample=1)[:1])
+    assert sum(map(len, boxes)) >= 20
+    outputs = KSame().anonymize_set(images, boxes, k=3, rng=np.random.default_rng(3))
+    digest = hashlib.sha256()
+    for out in outputs:
+        digest.update(out.tobytes())
+    assert digest.hexdigest() == KSAME_LFW_DIGEST
