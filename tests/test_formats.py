@@ -19,11 +19,13 @@ from image_variants import (
     VARIANTS,
     VARIANTS_BY_NAME,
     Mutation,
+    boxes_mask,
     encoded,
     fuzz_corpus,
     mutate,
     mutations,
     reference_view,
+    shown_colours,
     variants,
     write_variant,
 )
@@ -57,21 +59,8 @@ def face(lfw) -> np.ndarray:
     return read_image(lfw.path(lfw.samples[0]))
 
 
-def box_mask(shape, box=FACE_BOX) -> np.ndarray:
-    x, y, w, h = box
-    mask = np.zeros(shape[:2], bool)
-    mask[y : y + h, x : x + w] = True
-    return mask
-
-
-def colours(frame) -> np.ndarray:
-    """A frame's values as shown: palette frames looked up (RGBA, colour under full
-    transparency ignored), since an encoder may renumber a palette."""
-    if frame.mode != "P":
-        return frame.pixels
-    shown = frame.palette[frame.pixels].copy()
-    shown[shown[..., 3] == 0] = 0
-    return shown
+def box_mask(shape) -> np.ndarray:
+    return boxes_mask(shape, [FACE_BOX])
 
 
 def pixelated(document) -> list[np.ndarray]:
@@ -219,7 +208,7 @@ def test_anonymized_round_trip_keeps_the_kind_and_every_pixel_outside_the_face(
     assert metadata_left(out) == set()
     for written, after, before in zip(back.frames, merged.frames, document.frames, strict=True):
         if variant.lossless:
-            assert np.array_equal(colours(written), colours(after))
+            assert np.array_equal(shown_colours(written), shown_colours(after))
         else:  # one more generation of JPEG / lossy WebP
             outside = np.abs(rgb_view(written).astype(int) - rgb_view(after))[~inside]
             assert outside.mean() <= 3
@@ -301,7 +290,7 @@ def test_frames_made_identical_by_anonymizing_are_all_written(face, variant, tmp
     assert back.encoding.get("lossless") == document.encoding.get("lossless")
     for written, expected in zip(back.frames, merged.frames, strict=True):
         assert written.mode == expected.mode
-        assert np.array_equal(colours(written), colours(expected))
+        assert np.array_equal(shown_colours(written), shown_colours(expected))
 
 
 @pytest.mark.realdata
@@ -311,7 +300,7 @@ def test_repeated_frames_keep_every_pixel_and_transparency(face, tmp_path):
     path = write_variant(face, VARIANTS_BY_NAME["gif-animated-transparent"], tmp_path)
     document = read_document(path)
     first = document.frames[0]  # a transparent border on the left
-    assert (colours(first)[..., 3] == 0).any()
+    assert (shown_colours(first)[..., 3] == 0).any()
     mirrored = replace(first, pixels=np.ascontiguousarray(first.pixels[:, ::-1]))
     document = replace(document, frames=(first, first, mirrored))
     anonymized = [view.copy() for view in document.rgb_frames()]
@@ -324,8 +313,8 @@ def test_repeated_frames_keep_every_pixel_and_transparency(face, tmp_path):
     assert len(back.frames) == 3
     assert [f.duration_ms for f in back.frames] == [f.duration_ms for f in document.frames]
     for written, expected in zip(back.frames, merged.frames, strict=True):
-        assert np.array_equal(colours(written), colours(expected))
-    assert (colours(back.frames[2])[:, -5:, 3] == 0).all(), "the right border is transparent"
+        assert np.array_equal(shown_colours(written), shown_colours(expected))
+    assert (shown_colours(back.frames[2])[:, -5:, 3] == 0).all(), "the right border is transparent"
 
 
 def test_with_anonymized_needs_one_image_and_box_list_per_frame(tmp_path):
