@@ -107,8 +107,9 @@ def _unknown_type_hint(outcome: Outcome) -> str | None:
               help="Seed of the random methods; the same seed gives the same outputs.")
 @click.option("--on-miss", type=click.Choice([m.value for m in OnMiss]),
               default=OnMiss.FAIL.value, show_default=True,
-              help="No face found: fail (not written, error), skip (not written, no error) "
-                   "or whole (anonymize the whole image).")
+              help="A frame with no face found: fail (the file is not written, an "
+                   "error), skip (not written, no error) or whole (that frame is "
+                   "anonymized whole).")
 @click.option("--ignore-unknown", is_flag=True,
               help="Leave out files in input folders whose name is not an image type "
                    "(by default every file is tried, and one that is not an image is an "
