@@ -6,25 +6,32 @@ checks options and prints.
 
 Behaviour a privacy tool owes its user:
 
-* EXIF orientation is applied before detection (:func:`faceanon.imageio.read_image`), and
-  outputs carry no metadata at all (:func:`faceanon.imageio.write_image`).
+* Every file is read as a document (:func:`faceanon.formats.read_document`): every frame of
+  a multi-page TIFF or an animated GIF, PNG or WebP, at its own depth and mode, upright
+  (EXIF orientation applied). Each frame is anonymized, and the output is the same kind of
+  file (format, mode, bit depth, frame count, timing, ICC profile) with no other metadata
+  (:func:`faceanon.formats.write_document`).
 * Inputs are never overwritten: an output folder equal to or inside an input folder, or a
   planned output that is an input file, is refused before anything is read.
-* A file that cannot be read is recorded with the problem; the other files are still
+* A file that cannot be read (not an image, damaged, a kind that cannot be written back,
+  above the pixel limit) is recorded with the problem; the other files are still
   processed.
-* An image with no face is never written out as it is: ``on_miss``
-  (:class:`faceanon.protocol.OnMiss`) decides.
+* Nothing is written that still shows a face that should have been hidden: ``on_miss``
+  (:class:`faceanon.protocol.OnMiss`) decides about a frame with no face. Under ``fail``
+  and ``skip`` a file with such a frame is not written at all (a document cannot lose a
+  frame); under ``whole`` that frame is anonymized whole.
 
 Output layout: a file given on the command line is written as ``OUTDIR/<its name>``; a
-folder's images are written under ``OUTDIR`` with the folder's structure mirrored (the
+folder's files are written under ``OUTDIR`` with the folder's structure mirrored (the
 folder's own name is not repeated). When two inputs would write the same output path, the
 plan is refused before it starts, naming both, rather than silently overwriting one.
 
 Randomness follows the benchmark's rule (:func:`faceanon.protocol.image_rng`): each
-image's generator comes from the seed, the method, ``k`` and the image's key (its output
-path relative to ``OUTDIR``), so results do not depend on the order files are found or
-given in, and an image laid out as in the dataset gets the benchmark's very pixels.
-Set-based methods (k-Same) get one generator for the set of images with faces
+frame's generator comes from the seed, the method, ``k`` and the frame's key (the output
+path relative to ``OUTDIR``, with ``#<frame index>`` added for files of several frames),
+so results do not depend on the order files are found or given in, and a one-frame image
+laid out as in the dataset gets the benchmark's very pixels. Set-based methods (k-Same)
+get every frame of every file with a face as one set, with one generator
 (:func:`faceanon.protocol.set_rng`).
 """
 
@@ -39,11 +46,29 @@ from pathlib import Path
 import numpy as np
 
 from faceanon.errors import FaceanonError
-from faceanon.imageio import ImageReadError, is_image_path, read_image, write_image
-from faceanon.methods import Method, needs_whole_set
+from faceanon.formats import (
+    ImageDocument,
+    ImageReadError,
+    ImageWriteError,
+    is_document_path,
+    read_document,
+    write_document,
+)
+from faceanon.methods import Method, MethodError, needs_whole_set
 from faceanon.protocol import OnMiss, Variant, image_rng, set_rng
 
-__all__ = ["Job", "Outcome", "PlanError", "Result", "anonymize_files", "plan_jobs"]
+__all__ = [
+    "Job",
+    "Outcome",
+    "PlanError",
+    "Result",
+    "anonymize_files",
+    "frame_keys",
+    "frame_regions",
+    "plan_jobs",
+]
+
+Box = tuple[int, int, int, int]
 
 
 @dataclass
@@ -59,15 +84,18 @@ class Job:
 class Result:
     """What became of one job.
 
-    ``status`` is ``ok`` (faces anonymized), ``whole`` (no face, anonymized whole),
-    ``miss`` (no face: not written, an error), ``skipped`` (no face: not written, not an
-    error) or ``failed`` (unreadable or unwritable: ``error`` says why).
+    ``status`` is ``ok`` (a face in every frame, anonymized), ``whole`` (at least one frame
+    had no face and was anonymized whole), ``miss`` (a frame had no face: not written, an
+    error), ``skipped`` (a frame had no face: not written, not an error) or ``failed``
+    (unreadable or unwritable: ``error`` says why). ``boxes`` holds one list of boxes per
+    frame, as anonymized.
     """
 
     job: Job
     status: str = "pending"
+    frames: int = 0
     faces: int = 0
-    boxes: list = field(default_factory=list)
+    boxes: list[list[Box]] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -79,8 +107,9 @@ class Result:
             "input": str(self.job.source),
             "output": str(self.job.target) if self.written else None,
             "status": self.status,
+            "frames": self.frames,
             "faces": self.faces,
-            "boxes": [list(b) for b in self.boxes],
+            "boxes": [[list(box) for box in frame] for frame in self.boxes],
             "error": self.error,
         }
 
@@ -98,6 +127,7 @@ class Outcome:
         return {
             "files": len(results),
             "written": sum(r.written for r in results),
+            "frames": sum(r.frames for r in results if r.written),
             "faces": sum(r.faces for r in results),
             "misses": sum(r.status == "miss" for r in results),
             "skipped": sum(r.status == "skipped" for r in results),
@@ -126,18 +156,35 @@ def _walk(folder: Path) -> Iterator[Path]:
                 yield Path(root) / name
 
 
-def plan_jobs(inputs: list[Path], outdir: Path) -> tuple[list[Job], list[Path]]:
-    """Pair every input image with its output path, refusing unsafe plans.
+def plan_jobs(
+    inputs: Sequence[Path], outdir: Path, *, ignore_unknown: bool = False
+) -> tuple[list[Job], list[Path]]:
+    """Pair every input file with its output path, refusing unsafe plans.
 
-    Returns the jobs and the files inside input folders that were ignored because their
-    suffix is not an image suffix. Files named on the command line are always attempted,
-    whatever their suffix, so that a wrong file gets a clear error instead of silence.
+    Parameters
+    ----------
+    inputs : sequence of Path
+        Files and folders (walked recursively; hidden files and folders are left out).
+    outdir : Path
+        The output folder.
+    ignore_unknown : bool
+        Leave out files inside input folders whose suffix is not one of
+        :data:`faceanon.formats.DOCUMENT_SUFFIXES`. By default every file is planned, so
+        that a file the tool cannot read is reported rather than silently left behind.
+        Files named in ``inputs`` are always planned.
+
+    Returns
+    -------
+    jobs : list of Job
+    ignored : list of Path
+        The files left out by ``ignore_unknown``.
 
     Raises
     ------
     PlanError
-        When the output folder is an input folder or inside one, when an output would be
-        an input file, or when two inputs would write the same output.
+        When an input does not exist, when the output folder is an input folder or inside
+        one, when an output would be an input file, or when two inputs would write the
+        same output.
     """
     outdir_resolved = outdir.resolve()
     jobs: list[Job] = []
@@ -152,7 +199,7 @@ def plan_jobs(inputs: list[Path], outdir: Path) -> tuple[list[Job], list[Path]]:
                     "folder outside the inputs."
                 )
             for path in _walk(given):
-                if not is_image_path(path):
+                if ignore_unknown and not is_document_path(path):
                     ignored.append(path)
                     continue
                 relative = path.relative_to(given)
@@ -194,24 +241,65 @@ def _same_file_as_any(target: Path, jobs: list[Job]) -> Path | None:
     return None
 
 
-def _read(result: Result) -> np.ndarray | None:
-    try:
-        return read_image(result.job.source)
-    except ImageReadError as error:
-        problem = error.problem
-    except Exception as error:  # e.g. Pillow's DecompressionBombError: still one file
-        problem = f"could not read ({type(error).__name__}: {error})"
-    result.status, result.error = "failed", problem
-    return None
+def frame_regions(
+    frames: Sequence[np.ndarray],
+    *,
+    detector,
+    region: str = "face",
+    margin: float = 0.0,
+    on_miss: OnMiss | str = OnMiss.FAIL,
+):
+    """Where to anonymize each frame of one file: the per-frame loop.
+
+    Each frame is searched on its own (:func:`faceanon.detect.anonymization_regions`,
+    which also applies the no-face rule). This is the one place that decides the boxes of
+    a file's frames, so that following faces across frames (tracking) can replace it.
+
+    Parameters
+    ----------
+    frames : sequence of ndarray
+        The file's frames as RGB ``uint8``, in order.
+    detector, region, margin, on_miss
+        As in :func:`faceanon.detect.anonymization_regions`.
+
+    Returns
+    -------
+    list of faceanon.detect.Regions
+        One per frame.
+    """
+    from faceanon.detect import anonymization_regions
+
+    return [
+        anonymization_regions(frame, detector=detector, region=region, margin=margin,
+                              on_miss=on_miss)
+        for frame in frames
+    ]
 
 
-def _write(result: Result, image: np.ndarray, boxes: Sequence) -> None:
-    try:
-        write_image(result.job.target, image)
-    except (OSError, ValueError, KeyError) as error:
-        result.status, result.error = "failed", f"could not write {result.job.target}: {error}"
-        return
-    result.boxes = [tuple(int(v) for v in box) for box in boxes]
+def frame_keys(key: str, count: int) -> list[str]:
+    """The generator keys of a file's frames: the file's key for a one-frame file (the
+    benchmark's key for the same image), ``key#<index>`` for each frame otherwise."""
+    if count == 1:
+        return [key]
+    return [f"{key}#{index}" for index in range(count)]
+
+
+@dataclass
+class _Held:
+    """A read document waiting to be anonymized: its frames' views and boxes."""
+
+    result: Result
+    document: ImageDocument
+    views: list[np.ndarray]
+    boxes: list[list[Box]]
+
+
+def _describe_missing(missing: list[int], count: int) -> str:
+    if count == 1:
+        return "no face found"
+    frames = ", ".join(str(index + 1) for index in missing)
+    noun = "frame" if len(missing) == 1 else "frames"
+    return f"no face found in {noun} {frames} of {count}"
 
 
 def anonymize_files(
@@ -224,10 +312,11 @@ def anonymize_files(
     margin: float = 0.0,
     seed: int = 0,
     on_miss: OnMiss | str = OnMiss.FAIL,
+    max_pixels: int | None = None,
     on_problem: Callable[[Result], None] | None = None,
     on_step: Callable[[], None] | None = None,
 ) -> Outcome:
-    """Anonymize every job's image into its target.
+    """Anonymize every frame of every job's file into its target, as the same kind of file.
 
     Parameters
     ----------
@@ -236,7 +325,7 @@ def anonymize_files(
     method : Method
         The method object (made once by the caller).
     variant : Variant
-        Its registry name and checked ``k`` (:meth:`Method.check_k`): what the images'
+        Its registry name and checked ``k`` (:meth:`Method.check_k`): what the frames'
         generators are seeded with.
     detector : str or faceanon.detect.Detector
         Finds the faces.
@@ -245,12 +334,17 @@ def anonymize_files(
     seed : int
         Seed of the generators (:func:`faceanon.protocol.image_rng`).
     on_miss : OnMiss or str
-        What happens to an image with no face; an unknown value raises
-        :class:`faceanon.protocol.OnMissError` before any file is read.
+        What happens to a frame with no face: ``whole`` anonymizes the frame whole;
+        ``fail`` and ``skip`` leave the whole file unwritten (``miss``, an error, or
+        ``skipped``). An unknown value raises :class:`faceanon.protocol.OnMissError`
+        before any file is read.
+    max_pixels : int, optional
+        Refuse files with more pixels (all frames together), before decoding them.
+        Default: :func:`faceanon.formats.default_max_pixels`.
     on_problem : callable, optional
         Called with a result as soon as it fails, misses or is skipped.
     on_step : callable, optional
-        Called after each image has been read and detected in.
+        Called after each file has been read and detected in.
 
     Returns
     -------
@@ -262,58 +356,86 @@ def anonymize_files(
         When the method refuses the images (e.g. k-Same with fewer than k faces); the
         files written before it stay.
     """
-    from faceanon.detect import anonymization_regions
-
     started = time.perf_counter()
     on_miss = OnMiss.parse(on_miss)
     notify = on_problem or (lambda result: None)
     step = on_step or (lambda: None)
     results = [Result(job) for job in jobs]
 
-    def regions(result: Result) -> tuple[np.ndarray | None, list]:
-        image = _read(result)
-        if image is None:
-            notify(result)
-            return None, []
-        found = anonymization_regions(image, detector=detector, region=region, margin=margin,
-                                      on_miss=on_miss)
-        if found.found:
-            result.status, result.faces = "ok", len(found.boxes)
-        elif found.publishable:
-            result.status = "whole"
-        else:
-            result.status = "miss" if on_miss is OnMiss.FAIL else "skipped"
-            result.error = "no face found"
-            notify(result)
-            return None, []
-        return image, list(found.boxes)
+    def fail(result: Result, problem: str) -> None:
+        result.status, result.error = "failed", problem
+        notify(result)
 
-    def write(result: Result, image: np.ndarray, boxes: list) -> None:
-        _write(result, image, boxes)
-        if result.status == "failed":
+    def prepare(result: Result) -> _Held | None:
+        try:
+            document = read_document(result.job.source, max_pixels=max_pixels)
+        except ImageReadError as error:
+            fail(result, error.problem)
+            return None
+        views = document.rgb_frames()
+        regions = frame_regions(views, detector=detector, region=region, margin=margin,
+                                on_miss=on_miss)
+        result.frames = len(views)
+        missing = [index for index, found in enumerate(regions) if not found.publishable]
+        if missing:
+            # A file cannot be written with a frame left out, nor with a face left in.
+            result.status = "miss" if on_miss is OnMiss.FAIL else "skipped"
+            result.error = _describe_missing(missing, len(views))
             notify(result)
+            return None
+        result.faces = sum(len(found.boxes) for found in regions if found.found)
+        result.status = "ok" if all(found.found for found in regions) else "whole"
+        return _Held(result, document, views, [list(found.boxes) for found in regions])
+
+    def write(held: _Held, anonymized: Sequence[np.ndarray]) -> None:
+        result = held.result
+        try:
+            document = held.document.with_anonymized(anonymized, held.boxes)
+            write_document(result.job.target, document)
+        except ImageWriteError as error:
+            fail(result, f"could not write {result.job.target}: {error.problem}")
+            return
+        except ValueError as error:
+            # The anonymized pixels do not fit the file (a palette without an opaque
+            # colour, a method returning another shape): nothing is written.
+            fail(result, f"could not write {result.job.target}: {error}")
+            return
+        result.boxes = [[tuple(int(v) for v in box) for box in boxes] for boxes in held.boxes]
 
     if needs_whole_set(method):
-        # k-Same needs every face at once: hold the readable images with faces in memory,
-        # then anonymize them in one call.
-        held: list[tuple[Result, np.ndarray, list]] = []
+        # k-Same needs every face at once: hold the readable files with faces in memory,
+        # then anonymize all their frames in one call.
+        held: list[_Held] = []
         for result in results:
-            image, boxes = regions(result)
-            if image is not None:
-                held.append((result, image, boxes))
+            prepared = prepare(result)
+            if prepared is not None:
+                held.append(prepared)
             step()
         if held:
-            rng = set_rng(seed, variant.method, variant.k, [r.job.key for r, _, _ in held])
-            outputs = method.anonymize_set([image for _, image, _ in held],
-                                           [boxes for _, _, boxes in held], k=variant.k,
-                                           rng=rng)
-            for (result, _, boxes), output in zip(held, outputs, strict=True):
-                write(result, output, boxes)
+            keys = [key for h in held for key in frame_keys(h.result.job.key, len(h.views))]
+            rng = set_rng(seed, variant.method, variant.k, keys)
+            outputs = method.anonymize_set([view for h in held for view in h.views],
+                                           [boxes for h in held for boxes in h.boxes],
+                                           k=variant.k, rng=rng)
+            outputs = list(outputs)
+            if len(outputs) != len(keys):
+                raise MethodError(
+                    f"{variant.method} returned {len(outputs)} images for {len(keys)} frames")
+            start = 0
+            for h in held:
+                write(h, outputs[start : start + len(h.views)])
+                start += len(h.views)
     else:
         for result in results:
-            image, boxes = regions(result)
-            if image is not None:
-                rng = image_rng(seed, variant.method, variant.k, result.job.key)
-                write(result, method.anonymize(image, boxes, k=variant.k, rng=rng), boxes)
+            prepared = prepare(result)
+            if prepared is not None:
+                keys = frame_keys(result.job.key, len(prepared.views))
+                anonymized = [
+                    method.anonymize(view, boxes, k=variant.k,
+                                     rng=image_rng(seed, variant.method, variant.k, key))
+                    for view, boxes, key in zip(prepared.views, prepared.boxes, keys,
+                                                strict=True)
+                ]
+                write(prepared, anonymized)
             step()
     return Outcome(results, time.perf_counter() - started)

@@ -19,6 +19,10 @@ Guarantees
   and what a viewer sees is the anonymized face.
 * EXIF orientation is applied when reading (frames are upright) and no metadata is written
   except the ICC colour profile: no EXIF, XMP, comments, text chunks or TIFF tags.
+* Every frame is written, with its duration: GIF, APNG and WebP encoders merge identical
+  consecutive frames into one (the animation plays the same but the frame count drops),
+  and anonymizing makes such frames (two frames whose only difference was the face), so
+  the writers here keep them apart (see :func:`write_document`).
 * Files are written through :func:`faceanon.imageio.atomic_output`: a temporary file renamed
   into place once complete, with the permissions the umask gives.
 * Reading refuses, with :class:`ImageReadError` naming the file: missing, empty, truncated or
@@ -36,8 +40,6 @@ its user asks to ignore unknown files.
 
 Known limits
 ------------
-* Encoders merge identical consecutive frames of an animated GIF, PNG or WebP into one frame
-  whose duration is their sum (the animation plays the same; the frame count drops).
 * An animated GIF frame that composites to more than 256 colours (frames with different
   local palettes) is held as RGB and re-quantized on writing: outside the faces it is then
   close to, not equal to, the input.
@@ -54,6 +56,7 @@ Known limits
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import warnings
 from collections.abc import Sequence
@@ -323,6 +326,12 @@ def read_document(
     # silently pads truncated files; a privacy tool must report those, so force it off.
     lenient = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+    # Pillow refuses images above twice its own threshold when opening them, before the
+    # limit here (checked from the header, before decoding) is consulted: raise its
+    # threshold to this limit for the read, so that a larger max_pixels is honoured.
+    pillow_threshold = Image.MAX_IMAGE_PIXELS
+    if pillow_threshold is not None and limit > pillow_threshold:
+        Image.MAX_IMAGE_PIXELS = limit
     try:
         with warnings.catch_warnings():
             # The pixel limit below is the one that counts; Pillow's warning (89-179 MP)
@@ -337,8 +346,6 @@ def read_document(
     except UnidentifiedImageError:
         raise ImageReadError(path, "not an image (unknown or corrupt format)") from None
     except Image.DecompressionBombError as error:
-        # Above twice Image.MAX_IMAGE_PIXELS Pillow refuses at open, before any limit here
-        # is consulted; a larger max_pixels needs Image.MAX_IMAGE_PIXELS raised as well.
         raise ImageTooLargeError(path, f"too large: {error}") from None
     except MemoryError:
         raise ImageTooLargeError(path, "too large: out of memory while decoding") from None
@@ -351,6 +358,7 @@ def read_document(
         ) from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = lenient
+        Image.MAX_IMAGE_PIXELS = pillow_threshold
 
 
 def _read(path: Path, limit: int, first_frame_only: bool) -> ImageDocument:
@@ -795,6 +803,15 @@ def write_document(path: os.PathLike | str, document: ImageDocument) -> None:
     Format, frame modes, bit depth, frame count, durations, loop and ICC profile are kept;
     no other metadata is written. See the module documentation for what is exact.
 
+    Animations keep every frame even where consecutive frames are identical, which
+    Pillow's GIF and APNG writers and libwebp's animation encoder would merge: an APNG
+    gives such frames different disposal methods (the picture shown is the same, Pillow
+    accounts for the disposal when it computes each frame's changes); a GIF with such
+    frames is written frame by frame in full through Pillow's GIF frame writer
+    (``GifImagePlugin.getheader``/``getdata``); an animated WebP is always assembled
+    from frames encoded one by one (lossy encoding merges frames that are merely
+    similar), each a complete frame in an ``ANMF`` chunk of the WebP container.
+
     Raises
     ------
     ImageWriteError
@@ -820,6 +837,10 @@ def _encode(document: ImageDocument) -> bytes:
         # Pillow would write the first frame and drop the others without a word.
         raise ValueError(f"{document.format} holds one frame, the document has several")
     pictures = [_to_pillow(frame) for frame in document.frames]
+    if len(pictures) > 1 and document.format == "WEBP":
+        return _encode_webp_animation(document, pictures)
+    if len(pictures) > 1 and document.format == "GIF" and _repeats_a_frame(document.frames):
+        return _encode_gif_frame_by_frame(document, pictures)
     options = _save_options(document, pictures)
     buffer = io.BytesIO()
     first, rest = pictures[0], pictures[1:]
@@ -885,6 +906,8 @@ def _save_options(document: ImageDocument, pictures: list[Image.Image]) -> dict:
         _palette_transparency(pictures, as_bytes=False)
     if kind in {"GIF", "WEBP", "PNG"} and len(pictures) > 1:  # PNG: animated (APNG)
         options["duration"] = [round(frame.duration_ms or 0) for frame in document.frames]
+        if kind == "PNG":
+            options["disposal"] = _apng_disposals(document.frames)
         if document.loop is not None:
             options["loop"] = document.loop
     elif kind == "GIF" and document.frames[0].duration_ms:
@@ -906,6 +929,143 @@ def _palette_transparency(pictures: list[Image.Image], *, as_bytes: bool) -> Non
             transparent = [index for index, value in enumerate(alpha) if value == 0]
             if transparent:
                 picture.info["transparency"] = transparent[0]
+
+
+def _shown(frame: Frame) -> np.ndarray:
+    """A frame's values as an encoder compares them: palette frames looked up (RGBA, the
+    colour under full transparency ignored)."""
+    if frame.mode != "P":
+        return frame.pixels
+    rgba = frame.palette[frame.pixels]
+    rgba[rgba[..., 3] == 0] = 0
+    return rgba
+
+
+def _same_picture(a: Frame, b: Frame) -> bool:
+    return a.mode == b.mode and np.array_equal(_shown(a), _shown(b))
+
+
+def _repeats_a_frame(frames: Sequence[Frame]) -> bool:
+    """Whether two consecutive frames show the same: an encoder would merge them."""
+    return any(_same_picture(a, b) for a, b in itertools.pairwise(frames))
+
+
+def _apng_disposals(frames: Sequence[Frame]) -> list[int]:
+    """APNG disposal per frame: a frame shown the same as the one before it gets another
+    disposal method than that one, since Pillow merges a repeat with the same method."""
+    from PIL.PngImagePlugin import Disposal
+
+    disposals = [Disposal.OP_NONE]
+    for previous, current in itertools.pairwise(frames):
+        if _same_picture(previous, current) and disposals[-1] == Disposal.OP_NONE:
+            disposals.append(Disposal.OP_BACKGROUND)
+        else:
+            disposals.append(Disposal.OP_NONE)
+    return [int(disposal) for disposal in disposals]
+
+
+def _encode_gif_frame_by_frame(document: ImageDocument, pictures: list[Image.Image]) -> bytes:
+    """An animated GIF written with every frame complete, none merged into another.
+
+    Each frame is drawn whole over a cleared canvas (disposal 2 of the frame before it), so
+    its transparent pixels show nothing of the earlier frames, as in the document.
+    """
+    from PIL import GifImagePlugin
+
+    frames = [_gif_palette_picture(picture) for picture in pictures]
+    first = frames[0].copy()
+    first.info["version"] = b"89a"  # graphic control extensions (timing) need GIF89a
+    info = {} if document.loop is None else {"loop": document.loop}
+    header, _ = GifImagePlugin.getheader(first, info=info)
+    parts = list(header)
+    for picture, frame in zip(frames, document.frames, strict=True):
+        params = {"duration": round(frame.duration_ms or 0), "disposal": 2,
+                  "include_color_table": True}
+        if "transparency" in picture.info:
+            params["transparency"] = picture.info["transparency"]
+        parts.extend(GifImagePlugin.getdata(picture, **params))
+    parts.append(b";")  # the trailer
+    return b"".join(bytes(part) for part in parts)
+
+
+def _gif_palette_picture(picture: Image.Image) -> Image.Image:
+    """A picture in GIF's palette mode, with at most one transparent palette index."""
+    if picture.mode != "P":
+        # Frames held as RGB(A) (more than 256 colours): quantized as Pillow's GIF writer
+        # does; a transparent palette colour becomes the transparent index.
+        converted = picture.convert("P", palette=Image.Palette.ADAPTIVE)
+        if converted.palette.mode == "RGBA":
+            for colour, index in converted.palette.colors.items():
+                if colour[3] == 0:
+                    converted.info["transparency"] = index
+                    break
+        return converted
+    alpha = picture.info.pop("transparency", None)
+    if alpha is not None:
+        transparent = [index for index, value in enumerate(alpha) if value == 0]
+        if transparent:
+            picture.info["transparency"] = transparent[0]
+    return picture
+
+
+#: Largest frame duration an animated WebP holds (24 bits of milliseconds).
+_WEBP_MAX_DURATION_MS = 2**24 - 1
+
+
+def _riff_chunk(fourcc: bytes, payload: bytes) -> bytes:
+    # RIFF chunks are padded to an even length; the size field does not count the pad.
+    padding = b"\0" if len(payload) % 2 else b""
+    return fourcc + len(payload).to_bytes(4, "little") + payload + padding
+
+
+def _webp_frame_chunks(data: bytes) -> bytes:
+    """The picture chunks (``ALPH``, ``VP8 ``, ``VP8L``) of a one-frame WebP file."""
+    chunks, offset = [], 12
+    while offset + 8 <= len(data):
+        fourcc = data[offset : offset + 4]
+        length = int.from_bytes(data[offset + 4 : offset + 8], "little")
+        if fourcc in {b"ALPH", b"VP8 ", b"VP8L"}:
+            chunks.append(_riff_chunk(fourcc, data[offset + 8 : offset + 8 + length]))
+        offset += 8 + length + (length & 1)
+    return b"".join(chunks)
+
+
+def _encode_webp_animation(document: ImageDocument, pictures: list[Image.Image]) -> bytes:
+    """An animated WebP assembled from frames encoded one by one with Pillow.
+
+    Follows the WebP container specification: ``VP8X`` (canvas size, flags), ``ICCP``,
+    ``ANIM`` (background, loop count), then one ``ANMF`` per frame holding the complete
+    frame at offset (0, 0), not blended with and not disposed after the frame before.
+    """
+    lossless = document.encoding.get("lossless", False)
+    width, height = pictures[0].size
+    frames = []
+    has_alpha = False
+    for picture, frame in zip(pictures, document.frames, strict=True):
+        duration = round(frame.duration_ms or 0)
+        if duration > _WEBP_MAX_DURATION_MS:
+            raise ValueError(f"a WebP frame cannot last {duration} ms")
+        has_alpha = has_alpha or picture.mode in {"RGBA", "LA", "PA"}
+        single = io.BytesIO()
+        picture.save(single, format="WEBP", lossless=lossless, exact=lossless,
+                     quality=100 if lossless else WEBP_QUALITY)
+        header = (
+            (0).to_bytes(3, "little") + (0).to_bytes(3, "little")  # x / 2, y / 2
+            + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+            + duration.to_bytes(3, "little")
+            + bytes([0b10])  # do not blend, do not dispose
+        )
+        frames.append(_riff_chunk(b"ANMF", header + _webp_frame_chunks(single.getvalue())))
+    flags = 0b10 | (0b1_0000 if has_alpha else 0) | (0b10_0000 if document.icc_profile else 0)
+    chunks = [_riff_chunk(b"VP8X", bytes([flags]) + bytes(3)
+                          + (width - 1).to_bytes(3, "little")
+                          + (height - 1).to_bytes(3, "little"))]
+    if document.icc_profile:
+        chunks.append(_riff_chunk(b"ICCP", document.icc_profile))
+    loop = 0 if document.loop is None else document.loop
+    chunks.append(_riff_chunk(b"ANIM", bytes(4) + loop.to_bytes(2, "little")))
+    body = b"WEBP" + b"".join(chunks) + b"".join(frames)
+    return b"RIFF" + len(body).to_bytes(4, "little") + body
 
 
 def _encode_wide_colour(document: ImageDocument) -> bytes:

@@ -288,6 +288,25 @@ def reference_view(face: np.ndarray, mode: str) -> np.ndarray:
 VARIANTS_BY_NAME = {variant.name: variant for variant in VARIANTS}
 
 
+def shown_colours(frame) -> np.ndarray:
+    """A :class:`faceanon.formats.Frame`'s values as shown, at full depth: palette frames
+    looked up (RGBA, the colour under full transparency ignored), since an encoder may
+    renumber a palette."""
+    if frame.mode != "P":
+        return frame.pixels
+    shown = frame.palette[frame.pixels].copy()
+    shown[shown[..., 3] == 0] = 0
+    return shown
+
+
+def boxes_mask(shape: tuple[int, ...], boxes) -> np.ndarray:
+    """True inside any of the ``(x, y, w, h)`` boxes."""
+    mask = np.zeros(shape[:2], bool)
+    for x, y, w, h in boxes:
+        mask[y : y + h, x : x + w] = True
+    return mask
+
+
 def write_variant(face: np.ndarray, variant: Variant, folder: Path, *, stem: str = "face") -> Path:
     """Write ``face`` (RGB ``uint8``) as ``variant`` into ``folder``; returns the path."""
     folder.mkdir(parents=True, exist_ok=True)

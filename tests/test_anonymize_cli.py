@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from image_variants import (
+    VARIANTS,
+    VARIANTS_BY_NAME,
+    boxes_mask,
+    shown_colours,
+    write_variant,
+)
 from PIL import Image
 
 from faceanon.cli import main
 from faceanon.detect import find_regions
+from faceanon.formats import read_document, rgb_view
 from faceanon.imageio import read_image
 from faceanon.methods import Method, get_method
 from faceanon.protocol import image_rng
@@ -47,6 +56,14 @@ def photos(lfw, tmp_path) -> Path:
 
 def images_in(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.jpg"))
+
+
+def assert_blacked_out(image: np.ndarray, box) -> None:
+    """Black inside the box, but for the ringing a JPEG re-encoded with its own
+    quantization tables (LFW's: quality about 75) leaves near the box's edges."""
+    x, y, w, h = box
+    inside = image[y + 2 : y + h - 2, x + 2 : x + w - 2]
+    assert inside.mean() < 5 and inside.max() < 40
 
 
 def grey_png(path: Path, size: int = 120) -> Path:
@@ -93,7 +110,7 @@ def test_eyes_region_changes_only_the_eye_band(photos, tmp_path):
         original = read_image(photos / relative)
         ((x, y, w, h),) = find_regions(original, region="eyes")
         anonymized = read_image(out / relative)
-        assert anonymized[y + 2 : y + h - 2, x + 2 : x + w - 2].max() < 20
+        assert_blacked_out(anonymized, (x, y, w, h))
         assert np.abs(anonymized[: y - 4].astype(int) - original[: y - 4]).mean() < 3
 
 
@@ -219,29 +236,42 @@ def test_broken_files_get_one_line_each_and_the_rest_is_processed(photos, tmp_pa
     (broken / "text.jpg").write_text("this is not an image\n")
     (broken / "random.png").write_bytes(np.random.default_rng(0).bytes(2000))
     (broken / "truncated.jpg").write_bytes(good.read_bytes()[:2500])
-    (broken / "notes.txt").write_text("ignored: not an image suffix")
-    loose = tmp_path / "readme.md"  # named on the command line: attempted, and reported
+    (broken / "notes.txt").write_text("not an image type: an error unless --ignore-unknown")
+    loose = tmp_path / "readme.md"  # named on the command line: always attempted
     loose.write_text("# not an image")
-
-    out = tmp_path / "out"
-    result = invoke(photos, loose, "-o", out, "--method", "pixelate", "--k", "8")
-    assert result.exit_code == 1
-    for name, problem in [
+    problems = [
         ("empty.jpg", "empty"),
         ("text.jpg", "not an image"),
         ("random.png", "not an image"),
         ("truncated.jpg", "truncated"),
         ("readme.md", "not an image"),
-    ]:
+    ]
+
+    out = tmp_path / "out"
+    result = invoke(photos, loose, "-o", out, "--method", "pixelate", "--k", "8")
+    assert result.exit_code == 1
+    for name, problem in [*problems, ("notes.txt", "not an image")]:
         lines = error_lines(result, name)
         assert len(lines) == 1, result.stderr
         assert problem in lines[0]
-    assert not error_lines(result, "notes.txt")
     written = images_in(out)
     assert len(written) == 3 and not any(p.startswith("broken") for p in written)
-    assert "3 of 8 files written" in result.stdout
-    assert "5 failures" in result.stdout
-    assert "1 non-image files ignored" in result.stdout
+    assert "3 of 9 files written" in result.stdout
+    assert "6 failures" in result.stdout
+    assert "ignored" not in result.stdout
+    assert "2 of the failed files are not image types by their name; --ignore-unknown" in (
+        result.stderr)
+
+    ignoring = invoke(photos, loose, "-o", tmp_path / "out2", "--method", "pixelate",
+                      "--k", "8", "--ignore-unknown")
+    assert ignoring.exit_code == 1
+    for name, problem in problems:
+        (line,) = error_lines(ignoring, name)
+        assert problem in line
+    assert not error_lines(ignoring, "notes.txt")
+    assert "3 of 8 files written" in ignoring.stdout
+    assert "5 failures" in ignoring.stdout
+    assert "1 non-image files ignored" in ignoring.stdout
 
 
 def test_unreadable_file_alone_fails_cleanly(tmp_path):
@@ -252,6 +282,108 @@ def test_unreadable_file_alone_fails_cleanly(tmp_path):
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     assert len(error_lines(result, "bad.jpg")) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Every kind of photo file: the same kind out, every frame anonymized
+
+
+@pytest.mark.realdata
+def test_every_kind_of_file_comes_back_as_the_same_kind(lfw, tmp_path):
+    face = read_image(lfw.path(lfw.samples[0]))
+    folder = tmp_path / "in"
+    for variant in VARIANTS:
+        write_variant(face, variant, folder)
+    out = tmp_path / "out"
+    previous = os.umask(0o002)  # neither 0600 (a temporary file's) nor the usual 0644
+    try:
+        result = invoke(folder, "-o", out, "--method", "blur", "--k", "31", "--json")
+    finally:
+        os.umask(previous)
+    assert result.exit_code == 0, result.output
+    entries = {Path(entry["input"]).name: entry for entry in json.loads(result.stdout)["files"]}
+    assert len(entries) == len(VARIANTS)
+    for variant in VARIANTS:
+        name = f"face-{variant.name}{variant.suffix}"
+        entry = entries[name]
+        assert entry["status"] == "ok", (name, entry)
+        assert entry["frames"] == variant.frames and len(entry["boxes"]) == variant.frames
+        assert entry["faces"] >= variant.frames, "a face in every frame"
+        before, after = read_document(folder / name), read_document(out / name)
+        assert (out / name).stat().st_mode & 0o777 == 0o664, name
+        assert after.format == before.format == variant.format, name
+        assert [f.mode for f in after.frames] == list(variant.modes), name
+        assert [f.bit_depth for f in after.frames] == [f.bit_depth for f in before.frames]
+        assert [f.duration_ms for f in after.frames] == [f.duration_ms for f in before.frames]
+        assert after.icc_profile == before.icc_profile
+        assert (after.icc_profile is not None) == variant.icc
+        for index, (old, new, boxes) in enumerate(
+            zip(before.frames, after.frames, entry["boxes"], strict=True)
+        ):
+            inside = boxes_mask(old.pixels.shape, boxes)
+            change = np.abs(rgb_view(new).astype(int) - rgb_view(old))
+            assert change[inside].mean() > 5, f"{name} frame {index}: face left as it was"
+            if variant.lossless:
+                assert np.array_equal(shown_colours(new)[~inside], shown_colours(old)[~inside])
+            else:
+                assert change[~inside].mean() < 3, (name, index)
+
+
+def multipage_tiff(face: np.ndarray, path: Path) -> Path:
+    """Pages: the face, a flat grey page with no face, the face mirrored."""
+    pages = [Image.fromarray(face), Image.new("RGB", face.shape[1::-1], (128, 128, 128)),
+             Image.fromarray(np.ascontiguousarray(face[:, ::-1]))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+    return path
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("on_miss, exit_code", [("fail", 1), ("skip", 0)])
+def test_a_frame_without_a_face_keeps_the_whole_file_back(lfw, tmp_path, on_miss, exit_code):
+    face = read_image(lfw.path(lfw.samples[0]))
+    source = multipage_tiff(face, tmp_path / "in" / "scan.tif")
+    result = invoke(source, "-o", tmp_path / "out", "--on-miss", on_miss, "--json")
+    assert result.exit_code == exit_code, result.output
+    (entry,) = json.loads(result.stdout)["files"]
+    assert entry["status"] == {"fail": "miss", "skip": "skipped"}[on_miss]
+    assert entry["error"] == "no face found in frame 2 of 3"
+    (line,) = error_lines(result, "scan.tif")
+    assert "no face found in frame 2 of 3, not written" in line
+    assert not (tmp_path / "out" / "scan.tif").exists()
+
+
+@pytest.mark.realdata
+def test_a_frame_without_a_face_is_anonymized_whole_under_on_miss_whole(lfw, tmp_path):
+    face = read_image(lfw.path(lfw.samples[0]))
+    source = multipage_tiff(face, tmp_path / "in" / "scan.tif")
+    result = invoke(source, "-o", tmp_path / "out", "--on-miss", "whole", "--json")
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(result.stdout)["files"]
+    assert entry["status"] == "whole" and entry["frames"] == 3 and entry["faces"] == 2
+    assert entry["boxes"][1] == [[0, 0, 250, 250]]
+    pages = read_document(tmp_path / "out" / "scan.tif").frames
+    assert len(pages) == 3
+    assert (pages[1].pixels == 0).all(), "the faceless page is blacked out whole"
+    for page, boxes in ((pages[0], entry["boxes"][0]), (pages[2], entry["boxes"][2])):
+        ((x, y, w, h),) = boxes
+        assert_blacked_out(page.pixels, (x, y, w, h))
+        assert page.pixels[:, : x - 2].mean() > 20, "outside the face is kept"
+    assert "1 of 1 files written, 3 frames, 2 faces, 1 anonymized whole" in (
+        invoke(source, "-o", tmp_path / "again", "--on-miss", "whole").stdout)
+
+
+@pytest.mark.realdata
+def test_max_pixels_refuses_a_larger_file_and_the_rest_is_written(photos, tmp_path):
+    one = sorted(photos.rglob("*.jpg"))[0]
+    big = photos / "big.png"
+    Image.open(one).resize((500, 500)).save(big)
+    result = invoke(photos, "-o", tmp_path / "out", "--max-pixels", 250 * 250)
+    assert result.exit_code == 1
+    (line,) = error_lines(result, "big.png")
+    assert "too large: 500x500 (0.2 MP) is above the limit of 0.1 MP" in line
+    assert len(images_in(tmp_path / "out")) == 3
+    assert not (tmp_path / "out" / "big.png").exists()
 
 
 # ---------------------------------------------------------------------------------------
@@ -325,7 +457,8 @@ def test_json_document(photos, tmp_path):
     by_status = {f["status"] for f in document["files"]}
     assert by_status == {"ok", "miss"}
     ok = [f for f in document["files"] if f["status"] == "ok"]
-    assert all(len(f["boxes"]) == 1 and Path(f["output"]).exists() for f in ok)
+    assert all(len(f["boxes"]) == f["frames"] == 1 and len(f["boxes"][0]) == 1
+               and Path(f["output"]).exists() for f in ok)
     assert "takes no k" in result.stderr
 
 
@@ -395,6 +528,26 @@ def test_set_based_method_gets_all_faces_in_one_call(photos, tmp_path, monkeypat
 
 
 @pytest.mark.realdata
+def test_a_set_based_method_gets_every_frame_of_every_file(photos, tmp_path, monkeypatch):
+    import faceanon.methods
+
+    monkeypatch.setattr(RecordingSet, "calls", [])
+    monkeypatch.setattr(faceanon.methods, "get_method", lambda name, **_: RecordingSet())
+    face = read_image(sorted(photos.rglob("*.jpg"))[0])
+    write_variant(face, VARIANTS_BY_NAME["gif-animated"], photos)
+    result = invoke(photos, "-o", tmp_path / "out", "--method", "recording-set", "--json")
+    assert result.exit_code == 0, result.output
+    assert RecordingSet.calls == [3 + 3]  # three photos and the three frames of the GIF
+    (gif,) = [f for f in json.loads(result.stdout)["files"] if f["input"].endswith(".gif")]
+    frames = read_document(gif["output"]).frames
+    for frame, boxes in zip(frames, gif["boxes"], strict=True):
+        ((x, y, w, h),) = boxes
+        # Painted with the set's size (6), mapped to the GIF's nearest palette colour.
+        painted = rgb_view(frame)[y : y + h, x : x + w].reshape(-1, 3)
+        assert len(np.unique(painted, axis=0)) == 1 and painted.max() < 40
+
+
+@pytest.mark.realdata
 def test_method_error_is_a_clean_message(photos, tmp_path, monkeypatch):
     import faceanon.methods
 
@@ -425,10 +578,9 @@ def test_every_detector_through_the_command_line(photos, tmp_path, detector, reg
     result = invoke(source, "-o", out, "--detector", detector, "--region", region, "--json")
     assert result.exit_code == 0, result.output
     (entry,) = json.loads(result.stdout)["files"]
-    assert entry["status"] == "ok" and entry["faces"] == 1
-    x, y, w, h = entry["boxes"][0]
-    anonymized = read_image(out / source.name)
-    assert anonymized[y + 2 : y + h - 2, x + 2 : x + w - 2].max() < 20  # blacked out
+    assert entry["status"] == "ok" and entry["faces"] == 1 and entry["frames"] == 1
+    ((x, y, w, h),) = entry["boxes"][0]  # the boxes of the one frame
+    assert_blacked_out(read_image(out / source.name), (x, y, w, h))
     assert 110 < x + w / 2 < 140, "the box sits on the centred LFW face"
 
 

@@ -10,10 +10,25 @@ import os
 import struct
 import warnings
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from image_variants import (
+    VARIANTS,
+    VARIANTS_BY_NAME,
+    Mutation,
+    boxes_mask,
+    encoded,
+    fuzz_corpus,
+    mutate,
+    mutations,
+    reference_view,
+    shown_colours,
+    variants,
+    write_variant,
+)
 from PIL import Image, ImageOps
 
 from faceanon import formats
@@ -33,18 +48,6 @@ from faceanon.formats import (
     write_document,
 )
 from faceanon.imageio import IMAGE_SUFFIXES, read_image, write_image
-from tests.image_variants import (
-    VARIANTS,
-    VARIANTS_BY_NAME,
-    Mutation,
-    encoded,
-    fuzz_corpus,
-    mutate,
-    mutations,
-    reference_view,
-    variants,
-    write_variant,
-)
 
 #: A box over the middle of a deep-funneled LFW face (250 x 250, face centred).
 FACE_BOX = (70, 60, 110, 130)
@@ -56,21 +59,8 @@ def face(lfw) -> np.ndarray:
     return read_image(lfw.path(lfw.samples[0]))
 
 
-def box_mask(shape, box=FACE_BOX) -> np.ndarray:
-    x, y, w, h = box
-    mask = np.zeros(shape[:2], bool)
-    mask[y : y + h, x : x + w] = True
-    return mask
-
-
-def colours(frame) -> np.ndarray:
-    """A frame's values as shown: palette frames looked up (RGBA, colour under full
-    transparency ignored), since an encoder may renumber a palette."""
-    if frame.mode != "P":
-        return frame.pixels
-    shown = frame.palette[frame.pixels].copy()
-    shown[shown[..., 3] == 0] = 0
-    return shown
+def box_mask(shape) -> np.ndarray:
+    return boxes_mask(shape, [FACE_BOX])
 
 
 def pixelated(document) -> list[np.ndarray]:
@@ -218,7 +208,7 @@ def test_anonymized_round_trip_keeps_the_kind_and_every_pixel_outside_the_face(
     assert metadata_left(out) == set()
     for written, after, before in zip(back.frames, merged.frames, document.frames, strict=True):
         if variant.lossless:
-            assert np.array_equal(colours(written), colours(after))
+            assert np.array_equal(shown_colours(written), shown_colours(after))
         else:  # one more generation of JPEG / lossy WebP
             outside = np.abs(rgb_view(written).astype(int) - rgb_view(after))[~inside]
             assert outside.mean() <= 3
@@ -267,6 +257,64 @@ def test_several_frames_are_never_written_into_a_one_frame_format(tmp_path):
     with pytest.raises(ImageWriteError, match="JPEG holds one frame"):
         write_document(tmp_path / "x.jpg", document)
     assert not list(tmp_path.iterdir())
+
+
+ANIMATIONS = [v for v in VARIANTS if v.frames > 1 and v.format != "TIFF"]
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("variant", [*ANIMATIONS, "webp-animated-lossy"],
+                         ids=lambda v: getattr(v, "name", v))
+def test_frames_made_identical_by_anonymizing_are_all_written(face, variant, tmp_path):
+    # Blacked out whole (what --on-miss whole does to frames with no face), distinct frames
+    # become identical; GIF, APNG and WebP encoders would merge them into one frame.
+    if variant == "webp-animated-lossy":
+        path = tmp_path / "lossy.webp"
+        frames = [Image.fromarray(f) for f in (face, face[:, ::-1], np.roll(face, 9, axis=1))]
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=[80, 120, 200],
+                       loop=2, quality=90)
+    else:
+        path = write_variant(face, variant, tmp_path)
+    document = read_document(path)
+    assert len(document.frames) == 3
+    whole = [[(0, 0, *frame.size)] for frame in document.frames]
+    black = [np.zeros_like(view) for view in document.rgb_frames()]
+    merged = document.with_anonymized(black, whole)
+    out = tmp_path / "out" / path.name
+    write_document(out, merged)
+
+    back = read_document(out)
+    assert len(back.frames) == 3
+    assert [f.duration_ms for f in back.frames] == [f.duration_ms for f in document.frames]
+    assert back.loop == document.loop
+    assert back.encoding.get("lossless") == document.encoding.get("lossless")
+    for written, expected in zip(back.frames, merged.frames, strict=True):
+        assert written.mode == expected.mode
+        assert np.array_equal(shown_colours(written), shown_colours(expected))
+
+
+@pytest.mark.realdata
+def test_repeated_frames_keep_every_pixel_and_transparency(face, tmp_path):
+    # Written frame by frame in full: a repeat is kept, and a pixel transparent in a frame
+    # stays transparent where the frame before it was opaque (nothing shows through).
+    path = write_variant(face, VARIANTS_BY_NAME["gif-animated-transparent"], tmp_path)
+    document = read_document(path)
+    first = document.frames[0]  # a transparent border on the left
+    assert (shown_colours(first)[..., 3] == 0).any()
+    mirrored = replace(first, pixels=np.ascontiguousarray(first.pixels[:, ::-1]))
+    document = replace(document, frames=(first, first, mirrored))
+    anonymized = [view.copy() for view in document.rgb_frames()]
+    for image in anonymized:
+        image[box_mask(image.shape)] = 0
+    merged = document.with_anonymized(anonymized, [[FACE_BOX]] * 3)
+    out = tmp_path / "out.gif"
+    write_document(out, merged)
+    back = read_document(out)
+    assert len(back.frames) == 3
+    assert [f.duration_ms for f in back.frames] == [f.duration_ms for f in document.frames]
+    for written, expected in zip(back.frames, merged.frames, strict=True):
+        assert np.array_equal(shown_colours(written), shown_colours(expected))
+    assert (shown_colours(back.frames[2])[:, -5:, 3] == 0).all(), "the right border is transparent"
 
 
 def test_with_anonymized_needs_one_image_and_box_list_per_frame(tmp_path):
@@ -398,6 +446,18 @@ def test_the_limit_counts_every_frame(face, tmp_path):
         read_document(path, max_pixels=2 * one_frame)
     assert len(read_document(path, max_pixels=3 * one_frame).frames) == 3
     assert len(read_document(path, max_pixels=one_frame, first_frame_only=True).frames) == 1
+
+
+def test_a_limit_above_pillows_own_refusal_is_honoured(tmp_path, monkeypatch):
+    # Pillow refuses at open above twice its threshold; a larger max_pixels, asked for,
+    # lifts that for the read only.
+    path = tmp_path / "big.png"
+    Image.new("L", (50, 50), 128).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageTooLargeError, match="big.png: too large"):
+        read_document(path)
+    assert read_document(path, max_pixels=2500).frames[0].size == (50, 50)
+    assert Image.MAX_IMAGE_PIXELS == 1000
 
 
 def test_default_limit_is_pillows_lowered_to_half_the_available_memory(monkeypatch):

@@ -60,8 +60,10 @@ def _make_method(method_name: str, weights: Path | None):
 
 def _summary_line(outcome: Outcome, ignored: int, output: Path) -> str:
     totals = outcome.totals
-    parts = [f"{totals['written']} of {totals['files']} files written",
-             f"{totals['faces']} faces"]
+    parts = [f"{totals['written']} of {totals['files']} files written"]
+    if totals["frames"] > totals["written"]:
+        parts.append(f"{totals['frames']} frames")
+    parts.append(f"{totals['faces']} faces")
     if totals["whole"]:
         parts.append(f"{totals['whole']} anonymized whole (no face)")
     parts.append(f"{totals['misses']} misses")
@@ -71,6 +73,18 @@ def _summary_line(outcome: Outcome, ignored: int, output: Path) -> str:
     if ignored:
         parts.append(f"{ignored} non-image files ignored")
     return f"{', '.join(parts)} in {outcome.seconds:.1f} s -> {output}"
+
+
+def _unknown_type_hint(outcome: Outcome) -> str | None:
+    """A hint when files failed that are not image types by their name."""
+    from faceanon.formats import is_document_path
+
+    unknown = [r for r in outcome.results
+               if r.status == "failed" and not is_document_path(r.job.source)]
+    if not unknown:
+        return None
+    return (f"note: {len(unknown)} of the failed files are not image types by their name; "
+            "--ignore-unknown leaves such files in input folders out")
 
 
 @click.command("anonymize")
@@ -93,20 +107,34 @@ def _summary_line(outcome: Outcome, ignored: int, output: Path) -> str:
               help="Seed of the random methods; the same seed gives the same outputs.")
 @click.option("--on-miss", type=click.Choice([m.value for m in OnMiss]),
               default=OnMiss.FAIL.value, show_default=True,
-              help="No face found: fail (not written, error), skip (not written, no error) "
-                   "or whole (anonymize the whole image).")
+              help="A frame with no face found: fail (the file is not written, an "
+                   "error), skip (not written, no error) or whole (that frame is "
+                   "anonymized whole).")
+@click.option("--ignore-unknown", is_flag=True,
+              help="Leave out files in input folders whose name is not an image type "
+                   "(by default every file is tried, and one that is not an image is an "
+                   "error).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Refuse images with more pixels than this (all frames together), "
+                   "before decoding them. Default: Pillow's 89.5 million, lowered to what "
+                   "half of the available memory holds at about 50 bytes per pixel.")
 @json_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint for a generative method (deepprivacy), e.g. from "
                    "`faceanon train-gan`.")
 def anonymize_command(inputs, output, method_name, k, detector, region, margin, seed, on_miss,
-                      as_json, quiet, weights):
+                      ignore_unknown, max_pixels, as_json, quiet, weights):
     """Anonymize the faces in image files and folders (recursively) into OUTPUT.
 
-    Outputs keep their file names and formats and carry no metadata. An image in which
-    no face is found is never written unanonymized (see --on-miss). The exit code is 1
-    when any file failed or (with --on-miss fail) had no face.
+    Reads JPEG, PNG (also animated), TIFF (every page), GIF (every frame), WebP (also
+    animated), BMP and PPM/PGM/PBM files, at 8 or 16 bits or float, grey, colour, palette,
+    CMYK, with or without alpha. Every frame is anonymized, and each output is the same
+    kind of file under the same name (format, mode, bit depth, frame count, timing, ICC
+    profile), upright and with no other metadata. A frame in which no face is found is
+    never written unanonymized (see --on-miss). The exit code is 1 when any file failed
+    (a file that is not an image included, see --ignore-unknown) or, with --on-miss fail,
+    had a frame with no face.
     """
     from faceanon.detect import DetectorError, get_detector
     from faceanon.methods import MethodError
@@ -126,17 +154,19 @@ def anonymize_command(inputs, output, method_name, k, detector, region, margin, 
     if face_detector.finds == "eye" and region != "eyes":
         raise click.UsageError(f"detector {detector} finds eyes; add --region eyes")
     try:
-        jobs, ignored = plan_jobs(list(inputs), output)
+        jobs, ignored = plan_jobs(list(inputs), output, ignore_unknown=ignore_unknown)
     except PlanError as error:
         raise click.UsageError(str(error)) from None
     if not jobs:
-        raise click.UsageError("no image files found in the inputs")
+        raise click.UsageError("no image files found in the inputs" if ignore_unknown
+                               else "no files found in the inputs")
 
     reporter = Reporter(len(jobs), quiet=quiet, label=f"anonymize ({method_name})")
     try:
         outcome = anonymize_files(jobs, method=method, variant=variant, detector=face_detector,
                                   region=region, margin=margin, seed=seed, on_miss=on_miss,
-                                  on_problem=reporter.problem, on_step=reporter.step)
+                                  max_pixels=max_pixels, on_problem=reporter.problem,
+                                  on_step=reporter.step)
     finally:
         reporter.close()
 
@@ -150,6 +180,8 @@ def anonymize_command(inputs, output, method_name, k, detector, region, margin, 
             "margin": margin,
             "seed": seed,
             "on_miss": on_miss,
+            "ignore_unknown": ignore_unknown,
+            "max_pixels": max_pixels,
             "output": str(output),
             "ok": outcome.ok,
             "files": [r.as_dict() for r in outcome.results],
@@ -159,5 +191,8 @@ def anonymize_command(inputs, output, method_name, k, detector, region, margin, 
         click.echo(json.dumps(document, indent=2))
     else:
         click.echo(_summary_line(outcome, len(ignored), output))
+    hint = _unknown_type_hint(outcome)
+    if hint:
+        click.echo(hint, err=True)
     if not outcome.ok:
         sys.exit(1)
