@@ -126,6 +126,8 @@ class KSame(Method):
     k_range = (2, None)
     neutral_k = None
     stronger = "higher"
+    # Each face is averaged with its nearest neighbours in the set, so the set is one job.
+    needs_set = True
 
     def __init__(self, *, size: int = 80, feather: float = 0.05):
         if size < 16:
