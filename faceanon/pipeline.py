@@ -1,8 +1,9 @@
 """Run (method, k, mode) cases end to end: anonymize, encode, compare, store.
 
-The expensive step is dlib (detection and the ResNet descriptor, about 70 ms per image
-on one core, single-threaded), so the pipeline is built around doing it as few times as
-possible and on every core:
+The expensive steps are dlib's face detection and the ResNet descriptor. The descriptor
+runs in torch by default (``dlib-resnet-torch``, equal to dlib's within 1e-5, about ten
+times faster batched), which leaves dlib's HOG detector as the larger cost. The pipeline
+is built around doing each as few times as possible and on every core:
 
 - Originals are encoded once per run; their embeddings and the anonymization regions found
   in them are reused by every method, strength and mode.
@@ -10,8 +11,11 @@ possible and on every core:
   reverse and parrot modes.
 - The embedding cache (keyed by backend and pixel sha256) skips every image already
   encoded in this run or an earlier one.
-- Worker processes each keep their models loaded, take work in chunks, and send back only
-  embeddings, never images, so memory stays bounded however large the dataset.
+- Worker processes each keep their models loaded and take work a batch of images at a
+  time: each image is anonymized, detected and cut to dlib's 150 px face chip in turn
+  (single-threaded), then the batch's chips go through the network together, with one
+  torch thread per worker. Only embeddings come back, never images or chips, so memory
+  stays bounded however large the dataset.
 - Distances are one numpy matrix per case, written to DuckDB in one bulk insert, in the
   same transaction as the case's row, its images and its timings (:meth:`Evaluation.store`).
 
@@ -21,13 +25,15 @@ Recognition modes, cases and the per-image seed rule are defined in
 
 from __future__ import annotations
 
+import functools
+import itertools
 import multiprocessing
 import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -36,7 +42,15 @@ from faceanon.errors import FaceanonError
 from faceanon.imageio import read_image
 from faceanon.methods import Method, get_method, needs_whole_set
 from faceanon.protocol import Case, OnMiss, Variant, image_rng, set_rng
-from faceanon.recognition import Encoding, distance_matrix, get_backend, image_sha256
+from faceanon.recognition import (
+    BACKENDS,
+    Encoding,
+    FaceChip,
+    distance_matrix,
+    get_backend,
+    image_sha256,
+    resolve_backend,
+)
 
 
 class EvaluationError(FaceanonError, ValueError):
@@ -47,7 +61,9 @@ class EvaluationError(FaceanonError, ValueError):
 class Settings:
     """Everything that decides what a run measures; stored with the run as its config."""
 
-    backend: str = "dlib-resnet"
+    #: A backend of :data:`faceanon.recognition.BACKENDS`, or ``auto``: the torch
+    #: descriptor where it runs and equals dlib's, else dlib's (see :meth:`resolved`).
+    backend: str = "auto"
     backend_options: dict = field(default_factory=dict)
     detector: str = "hog"
     region: str = "face"
@@ -65,6 +81,16 @@ class Settings:
                 "anonymized version, so an image without a face is anonymized whole"
             )
         object.__setattr__(self, "on_miss", on_miss)
+
+    def resolved(self) -> Settings:
+        """These settings with ``backend="auto"`` replaced by the backend it picks here.
+
+        The choice (:func:`faceanon.recognition.resolve_backend`) imports torch and dlib
+        and compares the two once per process, so it is made when a run starts, never
+        at import.
+        """
+        device = self.backend_options.get("device", "cpu")
+        return replace(self, backend=resolve_backend(self.backend, device=device))
 
     def as_dict(self) -> dict:
         return {
@@ -148,11 +174,32 @@ class DecodedImages:
         return image
 
 
+#: Images per unit of worker work: each is detected and cut to a chip in turn, then the
+#: chips go through the network in one batch (torch: about 5 ms per face at 16, 11 ms
+#: one by one, on one core; see benchmarks/encoder.py).
+ENCODE_BATCH = 16
+
 _WORKER: dict = {}
 
 
-def _init_worker(settings: Settings, known: frozenset[str],
-                 methods: Mapping[str, Method]) -> None:
+def worker_backend(settings: Settings):
+    """The backend a pipeline worker encodes with.
+
+    The options of ``settings`` over the backend's ``worker_options`` (for the torch
+    descriptor one thread, as one worker runs per core). ``settings.backend`` must be
+    resolved (:meth:`Settings.resolved`).
+    """
+    options = {**BACKENDS[settings.backend].worker_options, **settings.backend_options}
+    return get_backend(settings.backend, **options)
+
+
+def _init_worker(settings: Settings, known: frozenset[str], methods: Mapping[str, Method],
+                 backend=None) -> None:
+    """Load what a worker keeps: settings, the backend, the methods, the cache snapshot.
+
+    ``backend`` is given on the serial path, which reuses the evaluation's own; a pool
+    process makes its own (:func:`worker_backend`).
+    """
     import cv2
 
     # dlib is single-threaded and we run one worker per core; OpenCV's own threads
@@ -160,7 +207,7 @@ def _init_worker(settings: Settings, known: frozenset[str],
     cv2.setNumThreads(1)
     _WORKER.clear()
     _WORKER["settings"] = settings
-    _WORKER["backend"] = get_backend(settings.backend, **settings.backend_options)
+    _WORKER["backend"] = worker_backend(settings) if backend is None else backend
     _WORKER["known"] = known
     _WORKER["methods"] = dict(methods)
     _WORKER["images"] = DecodedImages(budget_bytes=IMAGE_CACHE_BYTES)
@@ -180,24 +227,62 @@ def _regions(image: np.ndarray, settings: Settings) -> tuple:
                                  margin=settings.margin, on_miss=settings.on_miss).boxes
 
 
-def _encode(key: str, image: np.ndarray, anonymize_seconds: float = 0.0, **extra) -> Encoded:
+@dataclass
+class _Chipped:
+    """One image after the per-image step: its key, hash and face chip (None: cached)."""
+
+    key: str
+    sha256: str
+    face: FaceChip | None
+    anonymize_seconds: float
+    chip_seconds: float
+    boxes: tuple
+
+
+def _chip(key: str, image: np.ndarray, anonymize_seconds: float = 0.0,
+          boxes: tuple = ()) -> _Chipped:
     sha = image_sha256(image)
     if sha in _WORKER["known"]:
         # Already in the cache: the main process fills the embedding in from DuckDB.
-        return Encoded(key, sha, Encoding(None, -1), anonymize_seconds, 0.0, **extra)
+        return _Chipped(key, sha, None, anonymize_seconds, 0.0, boxes)
     start = time.perf_counter()
-    encoding = _WORKER["backend"].encode(image)
-    return Encoded(key, sha, encoding, anonymize_seconds, time.perf_counter() - start, **extra)
+    face = _WORKER["backend"].face_chip(image)
+    return _Chipped(key, sha, face, anonymize_seconds, time.perf_counter() - start, boxes)
 
 
-def _original_task(task: tuple[str, str]) -> Encoded:
+def _encode_batch(chipped: list[_Chipped]) -> list[Encoded]:
+    """One batched pass of the network over the chips of a task's images.
+
+    Each image's ``encode_seconds`` is its own detection and chip plus an equal share of
+    the batch's network time.
+    """
+    chips = [c.face.chip for c in chipped if c.face is not None and c.face.acquired]
+    vectors = iter(())
+    share = 0.0
+    if chips:
+        start = time.perf_counter()
+        vectors = iter(_WORKER["backend"].encode_chips(np.stack(chips)))
+        share = (time.perf_counter() - start) / len(chips)
+    out = []
+    for c in chipped:
+        if c.face is None:
+            encoding, seconds = Encoding(None, -1), 0.0
+        elif c.face.acquired:
+            encoding = Encoding(next(vectors), c.face.faces_found, c.face.box)
+            seconds = c.chip_seconds + share
+        else:
+            encoding, seconds = Encoding(None, c.face.faces_found), c.chip_seconds
+        out.append(Encoded(c.key, c.sha256, encoding, c.anonymize_seconds, seconds, c.boxes))
+    return out
+
+
+def _original_chip(task: tuple[str, str]) -> _Chipped:
     key, path = task
-    settings = _WORKER["settings"]
     image = _WORKER["images"].read(path)
-    return _encode(key, image, boxes=_regions(image, settings))
+    return _chip(key, image, boxes=_regions(image, _WORKER["settings"]))
 
 
-def _variant_task(task: tuple[str, str, tuple, Variant]) -> Encoded:
+def _variant_chip(task: tuple[str, str, tuple, Variant]) -> _Chipped:
     key, path, boxes, variant = task
     settings = _WORKER["settings"]
     method = _worker_method(variant.method)
@@ -207,12 +292,17 @@ def _variant_task(task: tuple[str, str, tuple, Variant]) -> Encoded:
         image, list(boxes), k=variant.k,
         rng=image_rng(settings.seed, variant.method, variant.k, key),
     )
-    return _encode(key, anonymized, time.perf_counter() - start)
+    return _chip(key, anonymized, time.perf_counter() - start)
 
 
-def _array_task(task: tuple[str, np.ndarray, float]) -> Encoded:
+def _array_chip(task: tuple[str, np.ndarray, float]) -> _Chipped:
     key, image, seconds = task
-    return _encode(key, image, seconds)
+    return _chip(key, image, seconds)
+
+
+def _batch_task(prepare, tasks: Sequence) -> list[Encoded]:
+    """A worker's unit of work: each image to its chip (``prepare``), then one batch."""
+    return _encode_batch([prepare(task) for task in tasks])
 
 
 # --- main side ----------------------------------------------------------------------------
@@ -230,10 +320,13 @@ class Evaluation:
     run_id : int
         The run the cases belong to (``db.start_run``).
     settings : Settings
-        Backend, detector, region, seed.
+        Backend, detector, region, seed; a backend of ``auto`` is resolved here
+        (:meth:`Settings.resolved`), and :attr:`settings` holds the backend used.
     workers : int, optional
         Worker processes; default one per core. ``1`` runs everything in this process
         (the serial path, used to check that the parallel one gives the same scores).
+    batch_size : int, optional
+        Images a worker takes at a time; their face chips are encoded in one batch.
     methods : mapping of str to Method, optional
         Method objects to use by name (e.g. made with options); any other method is made
         by :func:`faceanon.methods.get_method` the first time it is needed. Each method
@@ -250,17 +343,17 @@ class Evaluation:
         run_id: int,
         settings: Settings | None = None,
         workers: int | None = None,
-        chunksize: int = 8,
+        batch_size: int = ENCODE_BATCH,
         methods: Mapping[str, Method] | None = None,
     ):
         self.dataset = dataset
         self.split = split
         self.db = db
         self.run_id = run_id
-        self.settings = settings or Settings()
+        self.settings = (settings or Settings()).resolved()
         self.workers = workers or os.cpu_count() or 1
-        self.chunksize = chunksize
-        self.backend = get_backend(self.settings.backend, **self.settings.backend_options)
+        self.batch_size = batch_size
+        self.backend = worker_backend(self.settings)  # the serial path encodes with it
         #: What computes the embeddings: the key of the embedding cache besides the name.
         self.model = self.backend.model_fingerprint()
         self.samples: dict[str, Sample] = {s.key: s for s in (*split.gallery, *split.probes)}
@@ -285,10 +378,17 @@ class Evaluation:
         return Variant(variant.method, self.method(variant.method).check_k(variant.k))
 
     # The pool is made lazily and reused across cases so models load once per worker.
-    def _map(self, function, tasks: Sequence) -> Iterator[Encoded]:
+    def _map(self, prepare, tasks: Sequence) -> Iterator[Encoded]:
+        """Each task to its image's chip (``prepare``), encoded a batch of tasks at a time.
+
+        Batches are cut the same way on the serial and the parallel path, so both pass
+        the same chips through the network together.
+        """
+        work = functools.partial(_batch_task, prepare)
+        batches = [tasks[i:i + self.batch_size] for i in range(0, len(tasks), self.batch_size)]
         if self.workers <= 1 or len(tasks) < 2:
-            _init_worker(self.settings, self._known_keys(), self._methods)
-            return map(function, tasks)
+            _init_worker(self.settings, self._known_keys(), self._methods, self.backend)
+            return itertools.chain.from_iterable(map(work, batches))
         # Workers keep the cache snapshot they started with; a stale snapshot only costs a
         # re-encode, never a wrong result, because keys are pixel hashes.
         if self._pool is None:
@@ -298,7 +398,7 @@ class Evaluation:
                 self.workers, mp_context=context, initializer=_init_worker,
                 initargs=(self.settings, known, dict(self._methods)),
             )
-        return self._pool.map(function, tasks, chunksize=self.chunksize)
+        return itertools.chain.from_iterable(self._pool.map(work, batches))
 
     def _known_keys(self) -> frozenset[str]:
         return frozenset(self.db.cached_embedding_keys(self.backend.name, model=self.model))
@@ -351,7 +451,7 @@ class Evaluation:
         """Encode every original once (and find the regions to anonymize in it)."""
         if self._originals is None:
             tasks = [(key, str(self.dataset.path(s))) for key, s in self.samples.items()]
-            results = self._map(_original_task, tasks)
+            results = self._map(_original_chip, tasks)
             self._originals = self._finish(results, role="original", variant=None)
         return self._originals
 
@@ -368,13 +468,13 @@ class Evaluation:
     def _start_variant(self, variant: Variant) -> Iterator[Encoded]:
         method = self.method(variant.method)
         if needs_whole_set(method):
-            return self._map(_array_task, self._anonymize_sets(method, variant))
+            return self._map(_array_chip, self._anonymize_sets(method, variant))
         originals = self.originals()
         tasks = [
             (key, str(self.dataset.path(s)), originals[key].boxes, variant)
             for key, s in self.samples.items()
         ]
-        return self._map(_variant_task, tasks)
+        return self._map(_variant_chip, tasks)
 
     def _prefetch_after(self, current: Variant) -> None:
         if current not in self._plan or self.workers <= 1:

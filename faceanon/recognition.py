@@ -27,12 +27,15 @@ encode in batches, sending small chips rather than whole images:
    ``uint8`` array ``(n, 150, 150, 3)``.
 
 ``backend.encode(image, *, box=None) -> Encoding`` does both for one image. Only the
-first step needs dlib's detector; the second is the expensive one.
+first step needs dlib's detector; with dlib's descriptor the second is the expensive
+one, with the torch descriptor the first.
 
-``backend.model_fingerprint()`` says exactly what computes its embeddings (the sha256 of
-every model file it loads and the versions of the libraries that run them, see
-:func:`model_fingerprint`): the embedding cache is keyed by it, so a changed model never
-reuses another model's embeddings.
+Which backend a run uses: ``auto`` (the default of :class:`faceanon.pipeline.Settings`
+and of ``pytest bench --bench-backend``) is ``dlib-resnet-torch`` where torch imports and
+equals dlib on this machine, else ``dlib-resnet`` (:func:`resolve_backend`); naming a
+backend forces it. Each backend says what computes its embeddings: ``name`` (backend,
+weights and options, the embedding cache's backend key) and ``model_fingerprint`` (the
+sha256 of the model files and the versions of the libraries that run them).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
@@ -99,6 +103,12 @@ def image_sha256(image: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def file_sha256(path: os.PathLike | str) -> str:
+    """sha256 of a file's bytes, hashed once per process while its size and time hold."""
+    stat = os.stat(path)
+    return _file_sha256(os.fspath(path), stat.st_size, stat.st_mtime_ns)
+
+
 @functools.cache
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     # size and mtime are part of the cache key: a file replaced in place is hashed again
@@ -127,28 +137,28 @@ def model_fingerprint(files: Sequence[str | os.PathLike], *,
         ``"sha256:"`` and the hex sha256 over each file's name and sha256 and each
         ``name==version``, sorted. Where the files lie does not matter, their bytes do.
     """
-    lines = []
-    for file in files:
-        path = Path(file)
-        stat = path.stat()
-        lines.append(f"{path.name}\t{_file_sha256(str(path), stat.st_size, stat.st_mtime_ns)}")
-    lines.extend(f"{name}=={version}" for name, version in versions.items())
+    return _fingerprint({Path(file).name: file_sha256(file) for file in files}, versions)
+
+
+def _fingerprint(file_hashes: Mapping[str, str], versions: Mapping[str, str]) -> str:
+    """``"sha256:"`` + sha256 of sorted ``name<TAB>sha256`` and ``library==version`` lines.
+
+    File names, not paths: where a model file lies does not matter, its bytes do.
+    """
+    lines = [f"{name}\t{sha}" for name, sha in file_hashes.items()]
+    lines += [f"{library}=={version}" for library, version in versions.items()]
     return "sha256:" + hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
 
 
-@functools.cache
-def _dlib_fingerprint() -> str:
-    # dlib's version (its HOG detector is compiled in) and every face_recognition_models
-    # file a dlib-resnet backend may load: 5-point landmarks, ResNet, CNN face detector
-    import dlib
+def _dlib_model_files() -> dict[str, str]:
+    """The model files the dlib steps load, by file name: the 5-point landmarks, the
+    ResNet descriptor and the CNN face detector (the HOG detector is compiled into dlib)."""
     import face_recognition_models as models
 
-    return model_fingerprint(
-        [models.pose_predictor_five_point_model_location(),
-         models.face_recognition_model_location(),
-         models.cnn_face_detector_model_location()],
-        versions={"dlib": dlib.__version__},
-    )
+    paths = (models.pose_predictor_five_point_model_location(),
+             models.face_recognition_model_location(),
+             models.cnn_face_detector_model_location())
+    return {Path(path).name: file_sha256(path) for path in paths}
 
 
 @functools.cache
@@ -298,14 +308,25 @@ class DlibResNet(_TwoStepBackend):
         self.upsample = int(upsample)
         self.jitters = int(jitters)
 
+    #: Options a pipeline worker adds: none, dlib is single-threaded.
+    worker_options: Mapping[str, object] = MappingProxyType({})
+
     @property
     def name(self) -> str:
         return f"dlib-resnet:{self.detector}:up{self.upsample}:jit{self.jitters}"
 
     def model_fingerprint(self) -> str:
-        """dlib's version and the sha256 of the ``face_recognition_models`` files
-        (5-point landmarks, ResNet, CNN face detector): :func:`model_fingerprint`."""
-        return _dlib_fingerprint()
+        """What computes these embeddings: dlib's version and the sha256 of its model files.
+
+        ``"sha256:"`` and the sha256 over the sorted lines ``file name<TAB>sha256`` (the
+        5-point landmarks, the ResNet descriptor and the CNN detector) and
+        ``dlib==version`` (the HOG detector and the network's code are compiled into
+        dlib), as :func:`model_fingerprint` computes it. An embedding cache keyed by it
+        never serves an embedding that other model files or another dlib computed.
+        """
+        import dlib
+
+        return _fingerprint(_dlib_model_files(), {"dlib": dlib.__version__})
 
     def encode_chips(self, chips: np.ndarray) -> np.ndarray:
         """Embeddings ``(n, 128)`` of ``uint8`` face chips ``(n, 150, 150, 3)``, by dlib.
@@ -356,10 +377,11 @@ class DlibResNetTorch(_TwoStepBackend):
     batch_size : int
         Chips per forward pass in :meth:`encode_chips`.
     threads : int, optional
-        CPU threads for torch, set process-wide (``torch.set_num_threads``) when given.
-        Give each of several worker processes 1: torch's OpenMP threads spin while they
-        wait for each other, and on an oversubscribed machine a batch-1 pass with 2
-        threads was measured 10 to 30 times slower than with 1.
+        CPU threads torch uses while :meth:`encode_chips` runs (``torch.set_num_threads``,
+        restored when it returns); by default the process's setting. Give each of several
+        worker processes 1: torch's OpenMP threads spin while they wait for each other,
+        and on an oversubscribed machine a batch-1 pass with 2 threads was measured 10
+        to 30 times slower than with 1.
     weights : path-like, optional
         A converted weights file (:func:`faceanon.resnet_torch.save_weights`). By default
         the weights are converted from the ``.dat`` that ``face_recognition_models``
@@ -391,12 +413,9 @@ class DlibResNetTorch(_TwoStepBackend):
                 "generator inside its model object that no other code can reproduce; "
                 "use jitters=1, or the dlib-resnet backend to jitter"
             )
-        import torch
+        from faceanon import resnet_torch  # imports torch
 
-        from faceanon import resnet_torch
-
-        if threads is not None:
-            torch.set_num_threads(int(threads))
+        self.threads = None if threads is None else int(threads)
         if weights is None:
             state, self.dat_sha256 = resnet_torch.cached_state_dict()
         else:
@@ -406,6 +425,11 @@ class DlibResNetTorch(_TwoStepBackend):
         self.upsample = int(upsample)
         self.jitters = 1
         self.encoder = resnet_torch.TorchFaceEncoder(state, device=device, batch_size=batch_size)
+        self._weights_sha256: str | None = None  # computed once, by model_fingerprint
+
+    #: Options a pipeline worker adds: one torch thread, because one worker runs per core
+    #: and torch's spinning OpenMP threads collapse on a busy machine.
+    worker_options: Mapping[str, object] = MappingProxyType({"threads": 1})
 
     @property
     def name(self) -> str:
@@ -414,34 +438,86 @@ class DlibResNetTorch(_TwoStepBackend):
             f":jit{self.jitters}:{self.encoder.device.type}"
         )
 
-    def encode_chips(self, chips: np.ndarray) -> np.ndarray:
-        """Embeddings ``(n, 128)`` (float64) of ``uint8`` face chips ``(n, 150, 150, 3)``."""
-        return self.encoder.encode_chips(check_chips(chips))
-
     def model_fingerprint(self) -> str:
-        """What computes these embeddings: :func:`model_fingerprint` of dlib's landmark and
-        CNN detector files, the given converted weights file (by default the ``.dat``'s
-        sha256, from which the weights are converted), and the dlib and torch versions."""
+        """What computes these embeddings: as :meth:`DlibResNet.model_fingerprint`, with
+        the sha256 of the network's weights as loaded and torch's version.
+
+        The detector, landmarks and chip are still dlib's, so dlib's version and model
+        files are part of it. The weights are hashed as tensors, not as a file: weights
+        converted from the same ``.dat`` give one key wherever they were saved, and any
+        changed value, or another ``.dat`` of origin, gives another.
+        """
         import dlib
         import face_recognition_models as models
         import torch
 
-        files = [models.pose_predictor_five_point_model_location(),
-                 models.cnn_face_detector_model_location()]
-        if self.weights is not None:
-            files.append(self.weights)
-        return model_fingerprint(files, versions={
-            "dlib": dlib.__version__, "torch": torch.__version__,
-            "resnet.dat": self.dat_sha256})
+        if self._weights_sha256 is None:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.encoder.model.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            self._weights_sha256 = digest.hexdigest()
+        files = _dlib_model_files()
+        files[Path(models.face_recognition_model_location()).name] = self._weights_sha256
+        # The .dat the weights say they were converted from counts too: weights said to
+        # come from another model are another model, whatever their values.
+        return _fingerprint(files, {"dlib": dlib.__version__, "torch": torch.__version__,
+                                    "converted-from": self.dat_sha256})
+
+    def encode_chips(self, chips: np.ndarray) -> np.ndarray:
+        """Embeddings ``(n, 128)`` (float64) of ``uint8`` face chips ``(n, 150, 150, 3)``."""
+        chips = check_chips(chips)
+        if self.threads is None:
+            return self.encoder.encode_chips(chips)
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return self.encoder.encode_chips(chips)
+        finally:
+            torch.set_num_threads(before)
 
 
 BACKENDS = {"dlib-resnet": DlibResNet, "dlib-resnet-torch": DlibResNetTorch}
+#: What a run may ask for: ``auto`` (:func:`resolve_backend`) or a backend by name.
+BACKEND_CHOICES = ("auto", *BACKENDS)
 
 
-def get_backend(name: str = "dlib-resnet", **options):
-    """Create a recognition backend by name."""
+def resolve_backend(name: str = "auto", *, device: str = "cpu") -> str:
+    """The backend a run asking for ``name`` uses.
+
+    Parameters
+    ----------
+    name : str
+        ``"auto"``: ``dlib-resnet-torch`` when torch imports and its embeddings equal
+        dlib's here (:func:`torch_backend_status`, checked once per process), else
+        ``dlib-resnet``. A backend name is taken as it is, unchecked: the way to force
+        one.
+    device : str
+        The device the torch backend would run on, for ``"auto"``.
+
+    Returns
+    -------
+    str
+        A key of :data:`BACKENDS`.
+
+    Raises
+    ------
+    ValueError
+        When ``name`` is neither ``"auto"`` nor a backend.
+    """
+    if name == "auto":
+        return preferred_backend(device=device)
     if name not in BACKENDS:
-        raise ValueError(f"unknown recognition backend {name!r}; known: {', '.join(BACKENDS)}")
+        raise ValueError(f"unknown recognition backend {name!r}; choose one of "
+                         f"{', '.join(BACKEND_CHOICES)}")
+    return name
+
+
+def get_backend(name: str = "auto", **options):
+    """Create a recognition backend by name (or ``"auto"``: :func:`resolve_backend`)."""
+    name = resolve_backend(name, device=options.get("device", "cpu"))
     return BACKENDS[name](**options)
 
 
@@ -479,7 +555,6 @@ def probe_chips() -> np.ndarray:
     return np.stack([noise, smooth, ramps.round().astype(np.uint8), grey])
 
 
-@functools.cache
 def torch_backend_status(*, device: str = "cpu") -> TorchBackendStatus:
     """Check once per process that ``dlib-resnet-torch`` runs on ``device`` and equals dlib.
 
@@ -487,6 +562,11 @@ def torch_backend_status(*, device: str = "cpu") -> TorchBackendStatus:
     Never raises for a missing torch, missing CUDA or unreadable weights: those are
     reported in ``reason`` with ``available`` false.
     """
+    return _torch_backend_status(device)
+
+
+@functools.cache  # positional, so every way of asking for a device shares one check
+def _torch_backend_status(device: str) -> TorchBackendStatus:
     try:
         import torch  # noqa: F401
     except ImportError:

@@ -39,7 +39,6 @@ This module imports torch; ``import faceanon`` and the CLI never import it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import warnings
@@ -51,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceanon.recognition import CHIP_SIZE, check_chips
+from faceanon.recognition import CHIP_SIZE, check_chips, file_sha256
 
 #: Largest allowed difference, per embedding component, from dlib's CPU descriptor when
 #: this network runs on the CPU in float32.
@@ -212,14 +211,6 @@ def _expected_nesting() -> str:
     digits = ["1" if layer is None else "2" for layer in reversed(_expected_layers())]
     digits[-1] = "3"
     return "".join(digits)
-
-
-def file_sha256(path: os.PathLike | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def default_dat_path() -> Path:

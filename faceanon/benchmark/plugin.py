@@ -21,6 +21,9 @@ import pytest
 from faceanon.protocol import DECISION_THRESHOLD, MODES
 
 RUN_KEY = pytest.StashKey["BenchRun"]()
+#: ``--bench-backend`` choices: ``faceanon.recognition.BACKEND_CHOICES``, spelled out here
+#: because loading the plugin must not import numpy (a test keeps the two equal).
+BACKEND_CHOICES = ("auto", "dlib-resnet", "dlib-resnet-torch")
 #: The arguments that make a test a benchmark test.
 BENCH_ARGUMENTS = ("bench_run", "bench_case", "bench_variant")
 
@@ -48,6 +51,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-run-name", default=None)
     group.addoption("--bench-workers", type=int, default=None,
                     help="worker processes (default: one per core)")
+    group.addoption("--bench-backend", default="auto", choices=BACKEND_CHOICES,
+                    help="recognizer: dlib's face descriptor in torch (dlib-resnet-torch) or "
+                         "in dlib (dlib-resnet); default auto, the torch one where it runs "
+                         "and equals dlib's to 1e-5, else dlib's")
     group.addoption("--bench-detector", default="hog",
                     help="detector that finds the regions to anonymize")
     group.addoption("--bench-region", default="face",

@@ -122,8 +122,22 @@ class BenchRun:
     def settings(self):
         from faceanon.pipeline import Settings
 
-        return Settings(detector=self.option("detector"), region=self.option("region"),
-                        seed=self.option("seed"))
+        # resolved(): "auto" becomes the backend it picks, checked once per process
+        return Settings(backend=self.option("backend"), detector=self.option("detector"),
+                        region=self.option("region"), seed=self.option("seed")).resolved()
+
+    def backend_choice(self) -> dict:
+        """What the run config records of ``--bench-backend``: what was asked for and,
+        for ``auto``, the measured equality of the torch descriptor that decided it."""
+        requested = self.option("backend")
+        choice = {"backend_requested": requested}
+        if requested == "auto":
+            from dataclasses import asdict
+
+            from faceanon.recognition import torch_backend_status
+
+            choice["torch_backend_status"] = asdict(torch_backend_status())
+        return choice
 
     # -- collection: data and bounds, once -----------------------------------------------
 
@@ -212,7 +226,7 @@ class BenchRun:
             dataset_name=self.dataset.name,
             dataset_fingerprint=self.dataset.fingerprint,
             config={"grid": self.option("grid"), "identities": len(self.split.identities),
-                    **self.split.summary(), **settings.as_dict(),
+                    **self.split.summary(), **settings.as_dict(), **self.backend_choice(),
                     "dataset_root": str(self.dataset.root)},
             git_commit=commit,
             git_dirty=dirty,
@@ -336,10 +350,9 @@ class BenchRun:
     def time_encode(self, benchmark) -> None:
         """Time the recognizer's detect-and-encode of one real face (pytest-benchmark)."""
         if self._backend is None:
-            from faceanon.recognition import get_backend
+            from faceanon.pipeline import worker_backend
 
-            settings = self.settings
-            self._backend = get_backend(settings.backend, **settings.backend_options)
+            self._backend = worker_backend(self.settings)  # as the pipeline's workers run it
         backend = self._backend
         turn = itertools.cycle(self.speed_faces())
 
