@@ -64,7 +64,7 @@ DEFAULT_CASES = (
     "ksame:2",
     "deepprivacy:",
 )
-ONLY_TRACKED = {"pixelate:16", "noise:50", "ksame:2", "deepprivacy:"}
+ONLY_TRACKED = {"blur:61", "noise:50", "ksame:2", "deepprivacy:"}
 
 
 def clip_sha256(path: Path) -> str:
@@ -200,11 +200,12 @@ def main() -> None:
             for label, who in (("hog", attacker), ("cnn", strong)):
                 if not missed or (label == "cnn" and case not in strong_cases):
                     continue
-                leaks = {}
+                leaks, records = {}, {}
                 for mode in (False, True):
                     out = runs[(method, k, mode)][0]
                     rows = measure_clip(out, gallery=gallery, attacker=who, frames=missed)
                     leaks[mode] = summarize(rows, people=PEOPLE).leak_rate
+                    records[mode] = [r.as_record() for r in rows]
                 name = f"{method}{'' if k is None else f' k{k}'}"
                 lines.append(
                     f"{name:<16} {len(missed):>6} {label:>9} {fmt(leaks[False][PEOPLE[0]]):>12} "
@@ -216,6 +217,8 @@ def main() -> None:
                     "frames": missed,
                     "no_tracking": leaks[False],
                     "tracking": leaks[True],
+                    "rows_no_tracking": records[False],
+                    "rows_tracking": records[True],
                 }
     print("\n".join(lines))
     if args.json:

@@ -240,17 +240,13 @@ class VideoReader:
         self.path = Path(path)
         self.max_frames = max_frames
         self.info = probe_video(self.path)
+        if self.info.rotation % 90:
+            raise VideoError(
+                self.path,
+                f"display rotation {self.info.rotation} degrees is not a multiple of 90; "
+                "cannot make the frames upright",
+            )
         self._container = _open_input(self.path)
-        try:
-            if self.info.rotation % 90:
-                raise VideoError(
-                    self.path,
-                    f"display rotation {self.info.rotation} degrees is not a "
-                    "multiple of 90; cannot make the frames upright",
-                )
-        except BaseException:
-            self._container.close()
-            raise
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, buffer))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
