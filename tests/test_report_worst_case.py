@@ -203,3 +203,53 @@ def test_every_case_of_the_builder_is_on_the_page(synthetic, tmp_path):
     page = render_report(path, tmp_path / "report", identities=0).read_text()
     named = re.findall(r'<td class="text attack" data-sort="([^"]+)"', page)
     assert sorted(named) == sorted(attack for _, _, _, attack, _, _ in CASES)
+
+
+@pytest.mark.realdata
+def test_pictures_show_what_each_restoration_attack_recovered(lfw, tmp_path):
+    from faceanon.attacks import get_attack, largest_box
+    from faceanon.datasets import protocol_split
+    from faceanon.detect import anonymization_regions
+    from faceanon.imageio import read_image
+    from faceanon.methods import get_method
+    from faceanon.protocol import image_rng
+    from faceanon.report.pictures import _thumbnail, make_pictures
+
+    split = protocol_split(lfw, identities=2, seed=0)
+    probes = [s.key for s in split.probes]
+    gallery = [s.key for s in split.gallery]
+    path = tmp_path / "results.duckdb"
+    with ResultsDB(path) as db:
+        run_id = db.start_run(name="pictures", dataset_name="lfw",
+                              dataset_fingerprint=lfw.fingerprint,
+                              config={"dataset_root": str(lfw.root), "seed": 0,
+                                      "detector": "hog", "region": "face"},
+                              git_commit=None, git_dirty=None, packages={}, machine={},
+                              threshold=0.6)
+        for method, k, attack in [("pixelate", 10, "detect"), ("pixelate", 10, "unpixelate"),
+                                  ("noise", 30, "located"), ("noise", 30, "median")]:
+            case = db.add_case(run_id, method=method, k=k, mode="naive", detector="hog",
+                               backend="dlib-resnet", attack=attack)
+            db.add_scores(case, probe=np.repeat(probes, 2), gallery=np.tile(gallery, 2),
+                          mated=np.repeat([0, 1], 2) == np.tile([0, 1], 2),
+                          distance=np.full(4, 0.5))
+        rows = leaderboard(db, run_id)
+        pictures = make_pictures(db, db.run(run_id), rows, tmp_path / "img", identities=2)
+    # located and detect encode the anonymized pixels as they are: nothing to show
+    assert [(r["method"], r["k"], r["attack"]) for r in pictures.restorations] == [
+        ("pixelate", 10, "unpixelate"), ("noise", 30, "median")]
+    assert not pictures.notes
+    row = pictures.rows[0]
+    image = read_image(lfw.root / row["key"])
+    regions = anonymization_regions(image, detector="hog", region="face")
+    for r, restoration in enumerate(pictures.restorations):
+        method, k = restoration["method"], restoration["k"]
+        anonymized = get_method(method).anonymize(image, list(regions.boxes), k=k,
+                                                  rng=image_rng(0, method, k, row["key"]))
+        # the shown picture is the attack's restore() of the anonymized one, in the face box
+        expected = get_attack(restoration["attack"]).restore(
+            anonymized, region=largest_box(regions.boxes), method=method, k=k)
+        _thumbnail(expected, tmp_path / "expected.jpg")
+        shown = tmp_path / row["restored"][r]
+        assert shown.read_bytes() == (tmp_path / "expected.jpg").read_bytes()
+        assert shown.read_bytes() != (tmp_path / row["cells"][restoration["column"]]).read_bytes()
