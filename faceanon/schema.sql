@@ -45,13 +45,14 @@ CREATE TABLE runs (
     heartbeat           TIMESTAMP                    -- UTC, refreshed while it runs
 );
 
--- One (method, k, mode, detector, backend) cell of a run.
+-- One (method, k, mode, attack, detector, backend) cell of a run.
 CREATE TABLE cases (
     id       BIGINT PRIMARY KEY DEFAULT nextval('cases_id_seq'),
     run_id   BIGINT NOT NULL,
     method   VARCHAR NOT NULL,
     k        BIGINT,                                 -- NULL for methods without a strength
     mode     VARCHAR NOT NULL CHECK (mode IN ('clear', 'naive', 'reverse', 'parrot')),
+    attack   VARCHAR NOT NULL DEFAULT 'detect',      -- faceanon.attacks name
     detector VARCHAR NOT NULL,
     backend  VARCHAR NOT NULL,
     options  JSON

@@ -264,6 +264,7 @@ def _migrate_1_to_2(con: duckdb.DuckDBPyConnection) -> None:
       from an unknown model.
     - The metric views stored in the file are dropped: every connection now makes its own
       (``metrics.sql``).
+    - ``cases`` gains ``attack``: ``'detect'``, the only attacker before the attack axis.
     """
     for view in ("case_metrics", "confusion", "det_curve", "score_points", "case_totals"):
         con.execute(f"DROP VIEW IF EXISTS {view}")
@@ -295,6 +296,8 @@ def _migrate_1_to_2(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DROP TABLE embeddings_v1")
     if has_settings:
         con.execute("DROP TABLE settings")
+    # Every case before the attack axis measured the recognizer's own detector.
+    con.execute("ALTER TABLE cases ADD COLUMN attack VARCHAR DEFAULT 'detect'")
     con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     con.execute("INSERT INTO schema_version VALUES (2)")
 
@@ -720,17 +723,18 @@ class ResultsDB:
 
     @staticmethod
     def _case_row(run_id: int, method: str, k: int | None, mode: str, detector: str,
-                  backend: str, options: dict | None) -> list:
+                  backend: str, options: dict | None, attack: str = "detect") -> list:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         return [run_id, method, None if k is None else int(k), mode, detector, backend,
-                _json(options)]
+                _json(options), attack]
 
     @staticmethod
     def _insert_case(con: duckdb.DuckDBPyConnection, row: list) -> int:
         found = con.execute(
-            """INSERT INTO cases (run_id, method, k, mode, detector, backend, options)
-               VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id""", row).fetchall()
+            """INSERT INTO cases (run_id, method, k, mode, detector, backend, options,
+                                   attack)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""", row).fetchall()
         return int(found[0][0])
 
     def add_case(
@@ -743,8 +747,9 @@ class ResultsDB:
         detector: str,
         backend: str,
         options: dict | None = None,
+        attack: str = "detect",
     ) -> int:
-        """Record one case (method, strength, attack mode, detector, backend) of a run.
+        """Record one case (method, strength, mode, attack, detector, backend) of a run.
 
         Prefer :meth:`write_case`, which records the case with its results in one
         transaction.
@@ -759,13 +764,16 @@ class ResultsDB:
         detector, backend : str
         options : dict, optional
             Extra method options, stored as JSON.
+        attack : str
+            What the attacker runs on the anonymized images (a :mod:`faceanon.attacks`
+            name); ``'detect'``, the seed study's attacker, by default.
 
         Returns
         -------
         int
             The case id.
         """
-        row = self._case_row(run_id, method, k, mode, detector, backend, options)
+        row = self._case_row(run_id, method, k, mode, detector, backend, options, attack)
         with self._connect(write=True) as con:
             return self._insert_case(con, row)
 
@@ -779,6 +787,7 @@ class ResultsDB:
         detector: str,
         backend: str,
         options: dict | None = None,
+        attack: str = "detect",
         scores: Mapping[str, Any],
         images: Mapping[str, Sequence] | None = None,
         timings: Sequence[Mapping] | None = None,
@@ -791,7 +800,7 @@ class ResultsDB:
         Parameters
         ----------
         run_id : int
-        method, k, mode, detector, backend, options
+        method, k, mode, detector, backend, options, attack
             As in :meth:`add_case`.
         scores : mapping
             The keyword arguments of :meth:`add_scores`: ``probe``, ``gallery``, ``mated``,
@@ -806,7 +815,8 @@ class ResultsDB:
         int
             The case id.
         """
-        case_row = self._case_row(run_id, method, k, mode, detector, backend, options)
+        case_row = self._case_row(run_id, method, k, mode, detector, backend, options,
+                                  attack)
         unknown = set(scores) - set(SCORE_COLUMNS)
         if unknown:
             raise ValueError(f"unknown score columns: {sorted(unknown)}")
@@ -1110,13 +1120,13 @@ class ResultsDB:
         Returns
         -------
         list of dict
-            One dict per case, ordered by case id: ``run_id, method, k, mode, detector,
-            backend`` and every column of ``case_metrics`` (see ``metrics.sql``).
+            One dict per case, ordered by case id: ``run_id, method, k, mode, attack,
+            detector, backend`` and every column of ``case_metrics`` (see ``metrics.sql``).
         """
         where = "" if run_id is None else "WHERE c.run_id = $run_id"
         params = {} if run_id is None else {"run_id": run_id}
         return self._dicts(
-            f"""SELECT c.run_id, c.method, c.k, c.mode, c.detector, c.backend, m.*
+            f"""SELECT c.run_id, c.method, c.k, c.mode, c.attack, c.detector, c.backend, m.*
                 FROM case_metrics m JOIN cases c ON c.id = m.case_id
                 {where} ORDER BY m.case_id""",
             params, views=True,
@@ -1222,7 +1232,7 @@ class ResultsDB:
             When there is no such case.
         """
         rows = self._dicts(
-            """SELECT c.run_id, c.method, c.k, c.mode, c.detector, c.backend, m.*
+            """SELECT c.run_id, c.method, c.k, c.mode, c.attack, c.detector, c.backend, m.*
                FROM case_metrics m JOIN cases c ON c.id = m.case_id
                WHERE m.case_id = $case_id""",
             {"case_id": case_id}, views=True,

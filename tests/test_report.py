@@ -21,22 +21,30 @@ from faceanon.store import ResultsDB
 N = 12  # identities: one gallery and one probe image each
 EVIL = "<script>alert(1)</script>"
 
-#: (method, k, mode, separation of mated scores, share of probes without a face)
+#: (method, k, mode, attack, separation of mated scores, share of probes without a face)
 CASES = [
-    (None, None, "clear", 0.40, 0.0),
-    ("blur", 15, "naive", 0.30, 0.0),
-    ("blur", 90, "naive", 0.05, 0.5),
-    ("pixelate", 10, "naive", 0.10, 0.25),
-    ("blackout", None, "naive", 0.0, 1.0),
+    (None, None, "clear", "detect", 0.40, 0.0),
+    ("blur", 15, "naive", "detect", 0.30, 0.0),
+    ("blur", 15, "naive", "deblur", 0.35, 0.0),
+    ("blur", 90, "naive", "detect", 0.05, 0.5),
+    ("blur", 90, "naive", "deblur", 0.15, 0.0),
+    ("blur", 90, "reverse", "detect", 0.02, 0.0),
+    ("pixelate", 10, "naive", "detect", 0.10, 0.25),
+    ("pixelate", 10, "naive", "located", 0.06, 0.0),
+    ("blackout", None, "naive", "detect", 0.0, 1.0),
+    ("blackout", None, "naive", "located", 0.0, 0.0),
+    ("mask", None, "naive", "detect", 0.0, 1.0),
 ]
 
 
 def add_run(db: ResultsDB, *, name: str | None = "synthetic", status: str | None = "complete",
             shift: float = 0.0, seed: int = 0, cases=CASES, threshold: float = 0.6,
-            identities: int = N) -> int:
+            identities: int = N, distances: dict | None = None) -> int:
     """A run of synthetic cases; ``shift`` moves every mated distance (a regression test).
 
     ``identities`` is what the run's config says (the protocol); the scores always have N.
+    ``distances``, when given, receives ``case_id -> (N, N) probe x gallery distances``
+    (NaN: no face), for tests that recompute a metric on their own.
     """
     rng = np.random.default_rng(seed)
     run = db.start_run(name=name, dataset_name="synthetic", dataset_fingerprint="f" * 64,
@@ -46,13 +54,15 @@ def add_run(db: ResultsDB, *, name: str | None = "synthetic", status: str | None
     probes = np.repeat([f"p{i:02d}/probe.jpg" for i in range(N)], N)
     gallery = np.tile([f"p{i:02d}/gallery.jpg" for i in range(N)], N)
     mated = np.repeat(np.arange(N), N) == np.tile(np.arange(N), N)
-    for method, k, mode, separation, failing in cases:
+    for method, k, mode, attack, separation, failing in cases:
         case = db.add_case(run, method=method or "none", k=k, mode=mode, detector="hog",
-                           backend="dlib-resnet")
+                           backend="dlib-resnet", attack=attack)
         distance = rng.normal(0.75, 0.06, N * N) - (separation - shift) * mated
         failed = np.arange(N) < round(failing * N)
         distance[failed[np.repeat(np.arange(N), N)]] = np.nan
         db.add_scores(case, probe=probes, gallery=gallery, mated=mated, distance=distance)
+        if distances is not None:
+            distances[case] = distance.reshape(N, N)
         db.add_timings(case, [{"name": "anonymize", "mean": 0.002, "min": 0.001,
                                "median": 0.002, "stddev": 0.0, "rounds": N},
                               {"name": "recognize", "mean": 0.07, "min": 0.06,
@@ -74,7 +84,20 @@ def db_path(tmp_path) -> Path:
 def leaderboard_rows(page: str) -> list[str]:
     table = page[page.index('id="leaderboard-table"'):]
     table = table[:table.index("</table>")]
-    return re.findall(r'<tr data-case="\d+">', table)
+    return re.findall(r'<tr[^>]* data-case="\d+">', table)
+
+
+def leaderboard_groups(page: str) -> list[tuple[str, str, list[str]]]:
+    """The leaderboard's (method, k) groups in page order: (name, head row, case rows)."""
+    table = page[page.index('id="leaderboard-table"'):]
+    table = table[:table.index("</table>")]
+    out = []
+    for name, body in re.findall(r'<tbody class="rows" data-group="([^"]+)">(.*?)</tbody>',
+                                 table, re.S):
+        rows = re.findall(r"<tr[^>]*>.*?</tr>", body, re.S)
+        assert 'class="group-head"' in rows[0]
+        out.append((html.unescape(name), rows[0], rows[1:]))
+    return out
 
 
 def test_report_shows_one_row_per_case_and_the_reference(db_path, tmp_path):
@@ -133,11 +156,15 @@ def test_a_generalized_eer_that_is_not_reached_says_so(db_path, tmp_path):
     page = render_report(db_path, tmp_path / "report", identities=0).read_text()
     table = page[page.index('id="leaderboard-table"'):]
     table = table[:table.index("</table>")]
-    # blackout: no probe has a face, the generalized curves never cross
-    (cell,) = re.findall(r'<td[^>]*data-geer-crossed="false"[^>]*>([^<]*)</td>', table)
-    assert cell == "not reached"
+    # blackout and mask, detect: no probe has a face, the generalized curves never cross;
+    # mask's worst case too (no other attack), blackout's not (located found the faces)
+    cells = re.findall(r'<td[^>]*data-geer-crossed="false"[^>]*>([^<]*)</td>', table)
+    assert cells == ["not reached"] * 3
     assert "50.0" not in table.split('data-geer-crossed="false"')[1][:40]
-    assert 'id="geer-not-reached"' in page and "blackout naive" in page
+    heads = {name: head for name, head, _ in leaderboard_groups(page)}
+    assert re.search(r'data-worst="geer">[\d.]+<', heads["blackout"])
+    assert 'data-geer-crossed="false"' in heads["mask"]
+    assert 'class="geer-not-reached"' in page and "blackout detect" in page
 
 
 def test_each_run_is_read_at_its_own_threshold(tmp_path):
@@ -155,7 +182,7 @@ def test_each_run_is_read_at_its_own_threshold(tmp_path):
 def test_a_ksame_run_says_what_its_bound_guarantees(tmp_path):
     path = tmp_path / "results.duckdb"
     with ResultsDB(path) as db:
-        add_run(db, cases=[*CASES, ("ksame", 3, "parrot", 0.1, 0.0)])
+        add_run(db, cases=[*CASES, ("ksame", 3, "parrot", "detect", 0.1, 0.0)])
     page = render_report(path, tmp_path / "report", identities=0).read_text()
     note = page[page.index('id="ksame-note"'):]
     assert "does not apply" in note[:800] and "not a proof" in note[:800]

@@ -5,7 +5,8 @@ through the real pipeline and database, the report is rendered from it, and Chro
 (Debian's ``chromium`` with its ``chromedriver``, driven by Selenium) opens it from disk:
 no console errors, the expected leaderboard rows, sorting by a header click, every
 thumbnail loaded. A full-page screenshot is saved (and copied to
-``$FACEANON_SCREENSHOT_DIR`` when set).
+``$FACEANON_SCREENSHOT_DIR`` when set). A synthetic run with several attacks per
+(method, k) checks that sorting keeps each case under its worst case.
 
 Without Chromium, chromedriver or Selenium the test is skipped with the reason, except
 under ``FACEANON_REQUIRE_DATA=1`` or ``CI=true``, where it fails: CI never skips it.
@@ -114,10 +115,31 @@ def browser(tmp_path_factory):
         driver.quit()
 
 
-def _cells(driver, column: int) -> list[str]:
+def _cells(driver, column: int, rows: str = "tr.case") -> list[str]:
     return [row.find_elements("css selector", "td")[column].get_attribute("data-sort")
             for row in driver.find_elements("css selector",
-                                            "#leaderboard-table tbody.rows tr")]
+                                            f"#leaderboard-table tbody.rows {rows}")]
+
+
+def _groups(driver, column: int) -> list[tuple[str, list[str]]]:
+    """Per (method, k) group in page order: its head's value and its cases' values."""
+    out = []
+    for body in driver.find_elements("css selector", "#leaderboard-table tbody.rows"):
+        head = body.find_element("css selector", "tr.group-head")
+        cases = body.find_elements("css selector", "tr.case")
+        out.append((head.find_elements("css selector", "td")[column].get_attribute("data-sort"),
+                    [c.find_elements("css selector", "td")[column].get_attribute("data-sort")
+                     for c in cases]))
+    return out
+
+
+def _assert_sorted_groups(driver, column: int, *, reverse: bool) -> None:
+    groups = _groups(driver, column)
+    heads = _numbers([head for head, _ in groups])
+    assert heads == sorted(heads, reverse=reverse)
+    for _, cases in groups:
+        values = _numbers(cases)
+        assert values == sorted(values, reverse=reverse)
 
 
 def _numbers(values: list[str]) -> list[float]:
@@ -153,14 +175,25 @@ def test_report_in_chromium(real_report, browser, tmp_path):
     assert seen == {("blur", "15.0", "naive"), ("blur", "90.0", "naive"),
                     ("pixelate", "10.0", "naive")}
 
+    # One attack (detect), so each (method, k) group is one case under its worst case,
+    # and the groups come ranked by it, most private first.
+    groups = _groups(driver, 4)
+    assert [len(cases) for _, cases in groups] == [1, 1, 1]
+    assert [head for head, _ in groups] == [cases[0] for _, cases in groups]
+    heads = _numbers([head for head, _ in groups])
+    assert heads == sorted(heads)
+    assert all("detect · naive" in e.text for e in driver.find_elements(
+        "css selector", '#leaderboard-table tr.group-head td[data-worst="rank1"]'))
+    assert driver.find_element("css selector", "#chance-level").text.count("12.5 %") == 1
+
     # Sorting: rank-1 ascending, then descending; the reference row stays on top.
-    header = driver.find_element("css selector", '#leaderboard-table th[data-col="3"]')
+    header = driver.find_element("css selector", '#leaderboard-table th[data-col="4"]')
     header.find_element("css selector", "button").click()
-    ascending = _numbers(_cells(driver, 3))
+    ascending = _numbers(_cells(driver, 4))
     assert header.get_attribute("aria-sort") == "ascending"
     assert ascending == sorted(ascending)
     header.find_element("css selector", "button").click()
-    descending = _numbers(_cells(driver, 3))
+    descending = _numbers(_cells(driver, 4))
     assert header.get_attribute("aria-sort") == "descending"
     assert descending == sorted(descending, reverse=True)
     by_k = driver.find_element("css selector", '#leaderboard-table th[data-col="1"] button')
@@ -188,5 +221,45 @@ def test_report_in_chromium(real_report, browser, tmp_path):
     if target:
         Path(target).mkdir(parents=True, exist_ok=True)
         shutil.copy2(screenshot, Path(target) / "report.png")
+    severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not severe, severe
+
+
+@pytest.fixture(scope="module")
+def attack_report(tmp_path_factory) -> Path:
+    """The report of a synthetic run with several attacks per (method, k)."""
+    from test_report import add_run
+
+    folder = tmp_path_factory.mktemp("attack-report")
+    with ResultsDB(folder / "results.duckdb") as db:
+        add_run(db, seed=7)
+    return render_report(folder / "results.duckdb", folder / "report", identities=0)
+
+
+def test_sorting_keeps_each_case_under_its_worst_case(attack_report, browser):
+    driver = browser
+    driver.get(attack_report.as_uri())
+    groups = driver.find_elements("css selector", "#leaderboard-table tbody.rows")
+    members = {g.get_attribute("data-group"): {
+        c.get_attribute("data-case") for c in g.find_elements("css selector", "tr.case")}
+        for g in groups}
+    assert max(len(cases) for cases in members.values()) > 1
+    for column in (4, 6, 7):   # rank-1, TAR (both with a worst case), EER (without one)
+        header = driver.find_element("css selector",
+                                     f'#leaderboard-table th[data-col="{column}"] button')
+        header.click()
+        if column != 7:
+            _assert_sorted_groups(driver, column, reverse=False)
+        header.click()
+        if column != 7:
+            _assert_sorted_groups(driver, column, reverse=True)
+        else:  # no value in the heads: the groups stay, their cases sort
+            for _, cases in _groups(driver, column):
+                values = _numbers(cases)
+                assert values == sorted(values, reverse=True)
+        # every case is still in its own group
+        for group in driver.find_elements("css selector", "#leaderboard-table tbody.rows"):
+            assert {c.get_attribute("data-case") for c in group.find_elements(
+                "css selector", "tr.case")} == members[group.get_attribute("data-group")]
     severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert not severe, severe

@@ -6,8 +6,11 @@ One module per concern:
     which run is shown, its leaderboard rows, the comparison of two runs (and how their
     protocols differ), confusion matrices (all read through
     :class:`faceanon.store.ResultsDB`);
+:mod:`~faceanon.report.worst_case`
+    per (method, k), the strongest attack over every mode and attack: the leaderboard's
+    headline, and the privacy axis of a privacy-utility frontier;
 :mod:`~faceanon.report.seed_study`
-    the seed study's published figures beside ours;
+    the seed study's published figures beside ours (the ``detect`` attack's);
 :mod:`~faceanon.report.figures` and :mod:`~faceanon.report.plots`
     which figures the page has, and drawing them with matplotlib as inline SVG;
 :mod:`~faceanon.report.pictures`
@@ -30,14 +33,17 @@ from faceanon.report.tables import (
     leaderboard,
     protocol_differences,
 )
+from faceanon.report.worst_case import chance_rank1, worst_case
 
 __all__ = [
     "MARKER",
     "SEED_STUDY",
     "ReportError",
+    "chance_rank1",
     "choose_runs",
     "compare_runs",
     "leaderboard",
     "protocol_differences",
     "render_report",
+    "worst_case",
 ]

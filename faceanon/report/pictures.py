@@ -1,7 +1,10 @@
 """The report's picture strip: a few probes, original and anonymized by every variant.
 
 The pictures are made again from the dataset with the run's settings and seed rule, so
-they show what the recognizer saw; nothing is stored in the results database.
+they show what the recognizer saw; nothing is stored in the results database. Beside
+them, for every restoration attack the run measured (an attack that changes the pixels
+before encoding: median, deblur, unpixelate, sharpen), what that attacker recovered from
+the same anonymized picture (:meth:`faceanon.attacks.Attack.restore`, milliseconds each).
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ class Pictures:
     dataset: str = ""
     root: str = ""
     columns: list[dict] = field(default_factory=list)   # {'method', 'k'}
-    rows: list[dict] = field(default_factory=list)      # {'identity', 'key', 'cells'}
+    # {'method', 'k', 'attack', 'column': index into columns}
+    restorations: list[dict] = field(default_factory=list)
+    # {'identity', 'key', 'original', 'cells', 'restored' (one per restoration)}
+    rows: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -49,6 +55,34 @@ def _thumbnail(image: np.ndarray, path: Path, *, height: int = 112) -> None:
     picture.resize((width, height), Image.Resampling.LANCZOS).save(path, quality=88)
 
 
+def _restoration_attacks(rows: Sequence[Mapping], columns: Sequence[Mapping],
+                         notes: list[str]) -> tuple[list[dict], dict]:
+    """The (method, k, attack) whose attack restores pixels, and the attack objects."""
+    from faceanon.attacks import Attack, get_attack
+
+    measured = dict.fromkeys((r["method"], r["k"], r.get("attack") or "detect")
+                             for r in rows if not r["is_reference"])
+    attacks: dict[str, Attack | None] = {}
+    out = []
+    for j, column in enumerate(columns):
+        for method, k, name in measured:
+            if (method, k) != (column["method"], column["k"]):
+                continue
+            if name not in attacks:
+                try:
+                    attack = get_attack(name)
+                except Exception as error:  # a plugin missing here must not stop the report
+                    notes.append(f"attack {name}: not available here ({error}); what it "
+                                 "recovered is not shown.")
+                    attack = None
+                # Only an attack that changes the pixels has something to show.
+                attacks[name] = attack if attack is not None and \
+                    type(attack).restore is not Attack.restore else None
+            if attacks[name] is not None:
+                out.append({"method": method, "k": k, "attack": name, "column": j})
+    return out, attacks
+
+
 def make_pictures(db: ResultsDB, run: Mapping, rows: Sequence[Mapping], folder: Path, *,
                   identities: int = 3) -> Pictures:
     """Re-create originals and anonymized versions of a few probes as thumbnails.
@@ -58,6 +92,9 @@ def make_pictures(db: ResultsDB, run: Mapping, rows: Sequence[Mapping], folder: 
     run's per-image generator (:func:`faceanon.protocol.image_rng`), so the pictures are
     what the recognizer saw. Set-based methods (k-Same) depend on the whole set and are
     skipped with a note, as is everything when the dataset folder is not on this machine.
+    For each restoration attack the run measured on a shown (method, k), the attack's
+    :meth:`~faceanon.attacks.Attack.restore` of that anonymized picture is shown too,
+    filtering the largest anonymized region (the whole image when no face was found).
 
     Parameters
     ----------
@@ -75,6 +112,7 @@ def make_pictures(db: ResultsDB, run: Mapping, rows: Sequence[Mapping], folder: 
     -------
     Pictures
     """
+    from faceanon.attacks import largest_box
     from faceanon.detect import anonymization_regions
     from faceanon.imageio import read_image
     from faceanon.methods import get_method, needs_whole_set
@@ -113,6 +151,8 @@ def make_pictures(db: ResultsDB, run: Mapping, rows: Sequence[Mapping], folder: 
                                   "picture cannot be re-created; not shown.")
             methods[name] = None
     pictures.columns = [{"method": m, "k": k} for m, k in variants if methods.get(m)]
+    pictures.restorations, attacks = _restoration_attacks(rows, pictures.columns,
+                                                          pictures.notes)
     detector = config.get("detector", "hog")
     region = config.get("region", "face")
     margin = float(config.get("margin", 0.0) or 0.0)
@@ -122,7 +162,8 @@ def make_pictures(db: ResultsDB, run: Mapping, rows: Sequence[Mapping], folder: 
     failed: dict[str, str] = {}
     for i, key in enumerate(keys):
         path = (root / key).resolve()
-        row = {"identity": key.split("/", 1)[0], "key": key, "original": None, "cells": []}
+        row = {"identity": key.split("/", 1)[0], "key": key, "original": None, "cells": [],
+               "restored": [None] * len(pictures.restorations)}
         pictures.rows.append(row)
         if not path.is_relative_to(resolved_root):
             pictures.notes.append(f"{key}: outside the dataset folder; skipped.")
@@ -135,6 +176,8 @@ def make_pictures(db: ResultsDB, run: Mapping, rows: Sequence[Mapping], folder: 
             pictures.notes.append(f"{key}: could not be read ({error}).")
             continue
         boxes = list(regions.boxes)
+        # where the benchmark's attacker filters: the largest region, else the whole image
+        filtered = largest_box(boxes) if regions.found else None
         _thumbnail(image, folder / f"{i}-original.jpg")
         row["original"] = f"img/{i}-original.jpg"
         row["found"] = regions.found
@@ -149,6 +192,19 @@ def make_pictures(db: ResultsDB, run: Mapping, rows: Sequence[Mapping], folder: 
             except Exception as error:
                 failed.setdefault(method, str(error))
             row["cells"].append(cell)
+            if cell is None:
+                continue
+            for r, restoration in enumerate(pictures.restorations):
+                if restoration["column"] != j:
+                    continue
+                name = restoration["attack"]
+                try:
+                    restored = attacks[name].restore(anonymized, region=filtered,
+                                                     method=method, k=k)
+                    _thumbnail(restored, folder / f"{i}-{j}-r{r}.jpg")
+                    row["restored"][r] = f"img/{i}-{j}-r{r}.jpg"
+                except Exception as error:
+                    failed.setdefault(f"{name} on {method}", str(error))
     for method, error in failed.items():
         pictures.notes.append(f"{method}: could not be re-created here ({error}).")
     return pictures

@@ -18,7 +18,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["det_figure", "eer_vs_k_figure", "fta_vs_k_figure", "probit", "thin_curve"]
+__all__ = ["attack_styles", "det_figure", "eer_vs_k_figure", "fta_vs_k_figure", "probit",
+           "thin_curve"]
 
 #: DET axes run from 0.05 % to 99.8 %; rates outside are drawn on the frame.
 DET_LIMITS = (0.0005, 0.998)
@@ -42,6 +43,33 @@ _STYLE = {
     "grid.linewidth": 0.6,
 }
 CLEAR_STYLE = {"color": "#222222", "linestyle": "--", "linewidth": 1.4}
+#: Okabe and Ito's colour-blind-safe palette (black and yellow left out: black is the clear
+#: baseline, yellow does not show on white), one colour per attack.
+ATTACK_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
+#: A line style per attack too, so attacks stay apart in grey print and where colours
+#: repeat (a seventh attack).
+ATTACK_DASHES = ("solid", (0, (5, 1.6)), (0, (1.2, 1.4)), (0, (6, 1.6, 1.2, 1.6)),
+                 (0, (2.8, 1.4)), (0, (6, 1.4, 1.2, 1.4, 1.2, 1.4)), (0, (9, 2.5)))
+ATTACK_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def attack_styles(attacks: Sequence[str]) -> dict[str, dict]:
+    """One colour, line style and marker per attack, the same in every figure of a page.
+
+    Parameters
+    ----------
+    attacks : sequence of str
+        The run's attacks in their order (:func:`faceanon.report.worst_case.attack_order`).
+
+    Returns
+    -------
+    dict
+        ``attack -> {'color', 'linestyle', 'marker'}``; the first attack is drawn solid.
+    """
+    return {name: {"color": ATTACK_COLOURS[i % len(ATTACK_COLOURS)],
+                   "linestyle": ATTACK_DASHES[i % len(ATTACK_DASHES)],
+                   "marker": ATTACK_MARKERS[i % len(ATTACK_MARKERS)]}
+            for i, name in enumerate(attacks)}
 
 
 def probit(p: np.ndarray | Sequence[float] | float) -> np.ndarray:
@@ -164,16 +192,17 @@ def det_figure(
     name: str,
     baseline: Mapping | None = None,
 ) -> str:
-    """DET curves of one method: a panel per recognition mode, a curve per strength k.
+    """DET curves: a panel each (e.g. per strength k), a curve each (e.g. per attack).
 
     Parameters
     ----------
     panels : mapping of str to sequence of mapping
-        Panel title (the mode) to its curves, each a mapping with ``label`` (e.g. "k =
-        15"), ``fmr`` and ``fnmr`` (arrays ordered by threshold, start point excluded)
-        and ``eer`` (float or None).
+        Panel title (e.g. "k = 15") to its curves, each a mapping with ``label`` (e.g.
+        "median"), ``fmr`` and ``fnmr`` (arrays ordered by threshold, start point
+        excluded), ``eer`` (float or None) and optionally ``style`` (line keywords such as
+        :func:`attack_styles` gives; default: a viridis colour per curve of the panel).
     title : str
-        Figure title (the method).
+        Figure title (e.g. the method and mode).
     name : str
         Unique name of the figure within the page.
     baseline : mapping, optional
@@ -185,14 +214,15 @@ def det_figure(
         The ``<svg>`` element.
     """
     n = max(1, len(panels))
-    figure = _new_figure(3.3 * n + 1.6, 3.9)
+    figure = _new_figure(3.0 * n + 1.8, 3.7)
     axes = figure.subplots(1, n, squeeze=False)[0]
     handles, labels = {}, []
     for ax, (panel, curves) in zip(axes, panels.items(), strict=False):
         _det_axes(ax)
         ax.set_title(_text(panel))
         drawn = [*([("clear baseline", baseline, CLEAR_STYLE)] if baseline else []),
-                 *((c["label"], c, {"color": colour, "linewidth": 1.6})
+                 *((c["label"], c, {"color": colour, **c.get("style", {}),
+                                    "marker": None, "linewidth": 1.6})
                    for c, colour in zip(curves, _colours(len(curves)), strict=True))]
         for label, curve, style in drawn:
             fmr = np.asarray(curve["fmr"], dtype=np.float64)
@@ -222,65 +252,109 @@ def det_figure(
     return _to_svg(figure, name=name)
 
 
-def _k_axis_plot(ax, rows: Sequence[Mapping], metric: str, *, colours: Mapping[str, object],
-                 baseline: float | None, unreliable: str | None = None) -> None:
-    by_method: dict[str, list[Mapping]] = {}
-    for row in rows:
-        by_method.setdefault(row["method"], []).append(row)
-    for method, items in by_method.items():
-        colour = colours[method]
-        with_k = sorted((r for r in items if r["k"] is not None and r.get(metric) is not None),
+def _method_panels(rows: Sequence[Mapping]) -> tuple[list[str], list[str]]:
+    """The methods drawn against k (one panel each), and those without a strength."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    with_k = [m for m in methods if any(r["k"] is not None for r in rows if r["method"] == m)]
+    return with_k, [m for m in methods if m not in with_k]
+
+
+def _attack_lines(ax, rows: Sequence[Mapping], metric: str, *, styles: Mapping[str, dict],
+                  unreliable: str | None = None) -> None:
+    """One line per attack against k (rows of one method and mode)."""
+    for attack, style in styles.items():
+        points = sorted((r for r in rows if r.get("attack", "detect") == attack
+                         and r["k"] is not None and r.get(metric) is not None),
                         key=lambda r: r["k"])
-        without_k = [r for r in items if r["k"] is None and r.get(metric) is not None]
-        if with_k:
-            ks = [r["k"] for r in with_k]
-            values = [100 * r[metric] for r in with_k]
-            ax.plot(ks, values, color=colour, marker="o", markersize=4, linewidth=1.5,
-                    label=_text(method))
-            if unreliable:
-                # Hollow markers: too few acquired comparisons for the value to mean much.
-                flagged = [(k, v) for k, v, r in zip(ks, values, with_k, strict=True)
-                           if r.get(unreliable)]
-                if flagged:
-                    fx, fy = zip(*flagged, strict=True)
-                    ax.plot(fx, fy, linestyle="none", marker="o", markersize=7,
-                            markerfacecolor="white", markeredgecolor=colour, zorder=4)
-        for row in without_k:
-            ax.axhline(100 * row[metric], color=colour, linestyle=":", linewidth=1.5,
-                       label=f"{_text(method)} (no k)")
-    if baseline is not None:
-        ax.axhline(100 * baseline, label="clear baseline", **CLEAR_STYLE)
-    ax.set_ylim(-2, 102)
-    ax.set_xlabel("strength k (method-specific)")
+        if not points:
+            continue
+        ks = [r["k"] for r in points]
+        values = [100 * r[metric] for r in points]
+        ax.plot(ks, values, markersize=4, linewidth=1.5, label=_text(attack), **style)
+        if unreliable:
+            # Hollow markers: too few acquired comparisons for the value to mean much.
+            flagged = [(k, v) for k, v, r in zip(ks, values, points, strict=True)
+                       if r.get(unreliable)]
+            if flagged:
+                fx, fy = zip(*flagged, strict=True)
+                ax.plot(fx, fy, linestyle="none", marker=style["marker"], markersize=7,
+                        markerfacecolor="white", markeredgecolor=style["color"], zorder=4)
 
 
-def _method_colours(methods: Sequence[str]) -> dict[str, object]:
-    cmap = matplotlib.colormaps["tab10"]
-    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+def _attack_points(ax, rows: Sequence[Mapping], methods: Sequence[str], metric: str, *,
+                   styles: Mapping[str, dict], unreliable: str | None = None) -> None:
+    """Methods without a strength: a marker per attack above each method's name."""
+    n = max(1, len(styles))
+    for position, method in enumerate(methods):
+        for i, (attack, style) in enumerate(styles.items()):
+            found = [r for r in rows if r["method"] == method and r["k"] is None
+                     and r.get("attack", "detect") == attack and r.get(metric) is not None]
+            if not found:
+                continue
+            # Side by side, so equal values of different attacks stay visible.
+            x = position + 0.5 * (i - (n - 1) / 2) / n
+            hollow = bool(unreliable and found[0].get(unreliable))
+            ax.plot([x], [100 * found[0][metric]], linestyle="none", marker=style["marker"],
+                    markersize=6, color=style["color"], label=_text(attack),
+                    markerfacecolor="white" if hollow else style["color"])
+    ax.set_xticks(range(len(methods)), [_text(m) for m in methods])
+    ax.set_xlim(-0.6, len(methods) - 0.4)
 
 
-def _dedupe_legend(figure: Figure, axes) -> None:
+def _metric_row(axes, rows: Sequence[Mapping], metric: str, *, with_k: Sequence[str],
+                without_k: Sequence[str], styles: Mapping[str, dict],
+                baseline: float | None, unreliable: str | None = None) -> None:
+    for ax, method in zip(axes, with_k, strict=False):
+        method_rows = [r for r in rows if r["method"] == method]
+        _attack_lines(ax, method_rows, metric, styles=styles, unreliable=unreliable)
+        ks = {r["k"] for r in method_rows if r["k"] is not None}
+        if len(ks) == 1:  # one strength: one tick, not a range around it
+            ax.set_xticks(sorted(ks))
+    if without_k:
+        _attack_points(axes[len(with_k)], rows, without_k, metric, styles=styles,
+                       unreliable=unreliable)
+    for ax in axes:
+        if baseline is not None:
+            ax.axhline(100 * baseline, label="clear baseline", **CLEAR_STYLE)
+        ax.set_ylim(-2, 102)
+
+
+def _column_titles(axes, with_k: Sequence[str], without_k: Sequence[str]) -> None:
+    for ax, method in zip(axes, with_k, strict=False):
+        ax.set_title(_text(method))
+        ax.set_xlabel("strength k")
+    if without_k:
+        axes[len(with_k)].set_title("no strength")
+
+
+def _dedupe_legend(figure: Figure, axes, styles: Mapping[str, dict]) -> None:
     seen: dict[str, object] = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             seen.setdefault(label, handle)
-    if seen:
-        figure.legend(list(seen.values()), list(seen), loc="outside right center",
-                      frameon=False)
+    # The attacks in the page's order, then the baseline.
+    order = {_text(attack): i for i, attack in enumerate(styles)}
+    labels = sorted(seen, key=lambda label: order.get(label, len(order)))
+    if labels:
+        figure.legend([seen[label] for label in labels], labels, loc="outside right center",
+                      frameon=False, title="attack")
 
 
 @_styled
-def eer_vs_k_figure(rows: Sequence[Mapping], *, modes: Sequence[str], name: str,
-                    baseline: Mapping | None = None) -> str:
-    """EER and generalized EER against k: a column per mode, a line per method.
+def eer_vs_k_figure(rows: Sequence[Mapping], *, mode: str, styles: Mapping[str, dict],
+                    name: str, baseline: Mapping | None = None) -> str:
+    """EER and generalized EER against k in one mode: a column per method, a line per attack.
 
     Parameters
     ----------
     rows : sequence of mapping
-        Leaderboard rows with ``method``, ``k``, ``mode``, ``eer``, ``geer`` and
-        ``eer_unreliable``.
-    modes : sequence of str
-        The anonymized modes to draw, one column each.
+        Leaderboard rows of ONE mode with ``method``, ``k``, ``attack``, ``eer``,
+        ``geer`` and ``eer_unreliable``. Methods without a strength share one last
+        column, a marker per attack above each name.
+    mode : str
+        The mode, for the title.
+    styles : mapping
+        :func:`attack_styles` of the page's attacks.
     name : str
         Unique name of the figure within the page.
     baseline : mapping, optional
@@ -291,38 +365,40 @@ def eer_vs_k_figure(rows: Sequence[Mapping], *, modes: Sequence[str], name: str,
     str
         The ``<svg>`` element.
     """
-    modes = list(modes) or ["naive"]
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    colours = _method_colours(methods)
-    figure = _new_figure(3.0 * len(modes) + 1.8, 5.4)
-    axes = figure.subplots(2, len(modes), squeeze=False, sharex="col")
-    for j, mode in enumerate(modes):
-        mode_rows = [r for r in rows if r["mode"] == mode]
-        _k_axis_plot(axes[0][j], mode_rows, "eer", colours=colours,
-                     baseline=baseline and baseline.get("eer"), unreliable="eer_unreliable")
-        _k_axis_plot(axes[1][j], mode_rows, "geer", colours=colours,
-                     baseline=baseline and baseline.get("geer"))
-        axes[0][j].set_title(_text(mode))
-        axes[0][j].set_xlabel("")
+    with_k, without_k = _method_panels(rows)
+    n = max(1, len(with_k) + bool(without_k))
+    figure = _new_figure(2.4 * n + 1.6, 4.9)
+    axes = figure.subplots(2, n, squeeze=False, sharey=True)
+    _metric_row(axes[0], rows, "eer", with_k=with_k, without_k=without_k, styles=styles,
+                baseline=baseline and baseline.get("eer"), unreliable="eer_unreliable")
+    _metric_row(axes[1], rows, "geer", with_k=with_k, without_k=without_k, styles=styles,
+                baseline=baseline and baseline.get("geer"))
+    _column_titles(axes[0], with_k, without_k)
+    for ax in axes[1][:len(with_k)]:
+        ax.set_xlabel("strength k")
+    for ax in axes[0]:
+        ax.set_xlabel("")
     axes[0][0].set_ylabel("EER over acquired (%)")
     axes[1][0].set_ylabel("generalized EER (%)")
-    _dedupe_legend(figure, axes.ravel())
-    figure.suptitle("EER against strength k (hollow: under the reliability minimum)",
-                    fontsize=10, fontweight="bold")
+    _dedupe_legend(figure, axes.ravel(), styles)
+    figure.suptitle(f"EER against strength k, {_text(mode)} mode (hollow: under the "
+                    "reliability minimum)", fontsize=10, fontweight="bold")
     return _to_svg(figure, name=name)
 
 
 @_styled
-def fta_vs_k_figure(rows: Sequence[Mapping], *, name: str,
+def fta_vs_k_figure(rows: Sequence[Mapping], *, styles: Mapping[str, dict], name: str,
                     baseline: Mapping | None = None) -> str:
-    """Failure to acquire against k, a line per method.
+    """Failure to acquire against k: a panel per method, a line per attack.
 
     Parameters
     ----------
     rows : sequence of mapping
-        Leaderboard rows (``method``, ``k``, ``fta``) of ONE mode whose probes are
-        anonymized (naive, else parrot), so FTA is the share of anonymized faces the
-        recognizer cannot find.
+        Leaderboard rows (``method``, ``k``, ``attack``, ``fta``) of ONE mode whose
+        probes are anonymized (naive, else parrot), so FTA is the share of anonymized
+        faces the attacker cannot find.
+    styles : mapping
+        :func:`attack_styles` of the page's attacks.
     name : str
         Unique name of the figure within the page.
     baseline : mapping, optional
@@ -333,12 +409,15 @@ def fta_vs_k_figure(rows: Sequence[Mapping], *, name: str,
     str
         The ``<svg>`` element.
     """
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    figure = _new_figure(5.6, 3.4)
-    ax = figure.subplots()
-    _k_axis_plot(ax, rows, "fta", colours=_method_colours(methods),
-                 baseline=baseline and baseline.get("fta"))
-    ax.set_ylabel("failure to acquire (% of probes)")
-    ax.set_title("FTA against strength k: anonymized faces the recognizer cannot find")
-    _dedupe_legend(figure, [ax])
+    with_k, without_k = _method_panels(rows)
+    n = max(1, len(with_k) + bool(without_k))
+    figure = _new_figure(2.4 * n + 1.6, 2.9)
+    axes = figure.subplots(1, n, squeeze=False, sharey=True)[0]
+    _metric_row(axes, rows, "fta", with_k=with_k, without_k=without_k, styles=styles,
+                baseline=baseline and baseline.get("fta"))
+    _column_titles(axes, with_k, without_k)
+    axes[0].set_ylabel("failure to acquire (% of probes)")
+    _dedupe_legend(figure, axes, styles)
+    figure.suptitle("FTA against strength k: anonymized faces the attacker cannot find",
+                    fontsize=10, fontweight="bold")
     return _to_svg(figure, name=name)

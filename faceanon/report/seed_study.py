@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from faceanon.report.worst_case import DEFAULT_ATTACK, attack_of
+
 __all__ = ["SEED_STUDY", "STUDY_THRESHOLD", "reproduction"]
 
 #: The seed study's reported figures (Heimes, "Ad-hoc and Deep-Learning based Face
@@ -46,6 +48,10 @@ METRIC_NAMES = {
 def reproduction(rows: Sequence[Mapping], study_confusion: Mapping[int, Mapping]) -> list[dict]:
     """The seed study's figures beside ours for the same settings.
 
+    Ours are the ``detect`` attack's (the recognizer's own detector, the study's
+    attacker), whatever other attacks the run measured, so the comparison stays like
+    for like.
+
     Parameters
     ----------
     rows : sequence of mapping
@@ -65,6 +71,8 @@ def reproduction(rows: Sequence[Mapping], study_confusion: Mapping[int, Mapping]
         ours = []
         for row in rows:
             if row["method"] != entry["method"] or row["mode"] != entry["mode"]:
+                continue
+            if attack_of(row) != DEFAULT_ATTACK:
                 continue
             if row["k"] not in entry["ks"]:
                 continue

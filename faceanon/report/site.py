@@ -36,6 +36,7 @@ from faceanon.report.tables import (
     leaderboard,
     protocol_differences,
 )
+from faceanon.report.worst_case import chance_rank1, worst_case
 from faceanon.store import DEFAULT_DB, ResultsDB
 
 __all__ = ["MARKER", "TEMPLATES_PACKAGE", "render_report"]
@@ -207,6 +208,9 @@ def render_report(
             "runs": runs,
             "rows": rows,
             "reference": next((r for r in rows if r["is_reference"]), None),
+            "worst": worst_case(rows),
+            "rows_by_case": {r["case_id"]: r for r in rows},
+            "chance_rank1": chance_rank1(rows),
             "threshold": threshold,
             "differences": differences,
             "figures": figures,

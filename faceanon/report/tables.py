@@ -105,7 +105,8 @@ def leaderboard(db: ResultsDB, run_id: int, *,
     Returns
     -------
     list of dict
-        Every column of ``case_metrics`` plus ``method, k, mode, detector, backend``,
+        Every column of ``case_metrics`` plus ``method, k, mode, attack, detector,
+        backend``,
         ``eer_unreliable``, ``geer_not_reached`` (the generalized curves never cross:
         ``geer`` is None and must not be read as a number), ``is_reference`` (the clear
         baseline), ``anonymize_ms`` and ``recognize_ms`` (mean milliseconds per image,
@@ -189,7 +190,9 @@ def protocol_differences(base: Mapping, new: Mapping) -> list[dict]:
 
 
 def _case_key(row: Mapping) -> tuple:
-    return (row["method"], row["k"], row["mode"], row["detector"], row["backend"])
+    # A run written before the attack axis measured the recognizer's own detector.
+    return (row["method"], row["k"], row["mode"], row.get("attack") or "detect",
+            row["detector"], row["backend"])
 
 
 def _delta(new: Any, old: Any) -> float | None:
@@ -226,7 +229,7 @@ def compare_runs(base: Sequence[Mapping], new: Sequence[Mapping], *,
     Returns
     -------
     list of dict
-        One per case present in either run: ``method, k, mode``, ``status``
+        One per case present in either run: ``method, k, mode, attack``, ``status``
         (``'both'``, ``'only base'``, ``'only new'``), ``base`` and ``new`` (the rows or
         None), ``d_eer``, ``d_geer``, ``d_rank1``, ``d_anonymize_ms``,
         ``d_recognize_ms``, ``flags`` (set of the columns that regressed) and
@@ -239,8 +242,9 @@ def compare_runs(base: Sequence[Mapping], new: Sequence[Mapping], *,
     for key in keys:
         a, b = old_rows.get(key), new_rows.get(key)
         status = "both" if a and b else ("only base" if a else "only new")
-        row = {"method": key[0], "k": key[1], "mode": key[2], "detector": key[3],
-               "backend": key[4], "status": status, "base": a, "new": b, "flags": set()}
+        row = {"method": key[0], "k": key[1], "mode": key[2], "attack": key[3],
+               "detector": key[4], "backend": key[5], "status": status, "base": a,
+               "new": b, "flags": set()}
         for metric in ("eer", "geer", "rank1", "anonymize_ms", "recognize_ms"):
             row[f"d_{metric}"] = _delta(b and b[metric], a and a[metric])
         if status == "both" and protocols_match:
