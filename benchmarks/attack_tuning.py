@@ -27,7 +27,8 @@ from faceanon.datasets import resolve_dataset  # noqa: E402
 from faceanon.detect import find_regions  # noqa: E402
 from faceanon.imageio import read_image  # noqa: E402
 from faceanon.methods import get_method  # noqa: E402
-from faceanon.recognition import FACE_RECOGNITION_TOLERANCE, DlibResNet  # noqa: E402
+from faceanon.protocol import DECISION_THRESHOLD  # noqa: E402
+from faceanon.recognition import DlibResNet  # noqa: E402
 
 #: (method, ks, attack, the settings tried); the first setting of each list is ``located``
 #: alone, the baseline every filter must beat.
@@ -72,7 +73,7 @@ def main(argv=None) -> None:
                                              backend=backend)
                     distances.append(float(np.linalg.norm(attacked.embedding - clear)))
                 shown = ", ".join(f"{key}={value}" for key, value in options.items()) or "-"
-                under = np.mean(np.array(distances) <= FACE_RECOGNITION_TOLERANCE)
+                under = np.mean(np.array(distances) <= DECISION_THRESHOLD)
                 print(f"| {method_name} k{k} | {name} | {shown} | {np.mean(distances):.3f} "
                       f"| {under:.0%} |", flush=True)
 

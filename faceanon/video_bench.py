@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from faceanon.recognition import FACE_RECOGNITION_TOLERANCE
+from faceanon.protocol import DECISION_THRESHOLD
 
 Box = tuple[int, int, int, int]
 #: ``attacker(image) -> [(box, embedding), ...]``: every face found in an RGB image.
@@ -219,7 +219,7 @@ def identify(
     faces: Sequence[tuple[Box, np.ndarray]],
     enrolled: Mapping[str, np.ndarray],
     *,
-    threshold: float = FACE_RECOGNITION_TOLERANCE,
+    threshold: float = DECISION_THRESHOLD,
 ) -> tuple[tuple[str, ...], dict[str, float]]:
     """The people identified among ``faces`` and each person's nearest distance."""
     people = list(enrolled)
@@ -242,7 +242,7 @@ def measure_clip(
     *,
     gallery: Mapping[str, np.ndarray | os.PathLike | str],
     attacker: Attacker | None = None,
-    threshold: float = FACE_RECOGNITION_TOLERANCE,
+    threshold: float = DECISION_THRESHOLD,
     anonymized: Sequence[Sequence[Sequence[int]]] | None = None,
     reference: Sequence[Sequence[Sequence[int]]] | None = None,
     max_frames: int | None = None,
