@@ -770,8 +770,10 @@ class Evaluation:
             The case with its ``k`` as checked by its method, its scores, and the seconds
             per image it took to anonymize and encode.
         """
-        originals = self.originals()
         variant = None if case.variant is None else self.canonical(case.variant)
+        if variant is not None:  # an inapplicable attack fails before any work
+            self.attack(case.attack).check_method(variant.method, variant.k)
+        originals = self.originals()
         anonymized = originals if variant is None else self.variant(
             variant, attack=case.attack, sides=mode_sides(case.mode))
         case = Case(case.method, None if variant is None else variant.k, case.mode,
