@@ -167,14 +167,17 @@ faceanon.methods.Blur.anonymize = unchanged
 def test_a_method_that_changes_nothing_fails_every_case(lfw, tmp_path):
     result = run_bench(tmp_path, "-k", "test_privacy", "--bench-methods", "blur",
                        "--bench-k", "15", "--bench-modes", "naive,reverse",
+                       "--bench-attacks", "detect,median",
                        "--bench-workers", "1", "--bench-data", str(lfw.root),
                        plugins={"identity": IDENTITY_BLUR})
     assert result.returncode == pytest.ExitCode.TESTS_FAILED, result.stdout + result.stderr
     out = result.stdout
-    for label in ("blur-k15-naive", "blur-k15-reverse"):
+    # every attack's case fails too: each counts the images its attack processed
+    for label in ("blur-k15-naive", "blur-k15-reverse", "blur-k15-naive-median",
+                  "blur-k15-reverse-median"):
         assert (f"{label}: 8 of 8 anonymized images are identical to their originals"
                 in out), out
-    assert "2 failed" in out
+    assert "4 failed" in out
     with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as con:
         # the cases were measured and stored: they failed a check, not the run
         assert con.execute("SELECT status FROM runs").fetchall() == [("complete",)]
@@ -393,12 +396,15 @@ def test_another_project_benchmarks_its_own_method(lfw, tmp_path):
                         "--benchmark-disable", tmp_path=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     with duckdb.connect(str(db), read_only=True) as con:
-        cases_stored = con.execute("SELECT method, k, mode FROM cases ORDER BY id").fetchall()
+        cases_stored = con.execute("SELECT method, k, mode, attack FROM cases ORDER BY id"
+                                   ).fetchall()
         status = con.execute("SELECT status FROM runs").fetchall()
-    assert cases_stored[0] == ("none", None, "clear")
-    assert {(m, k) for m, k, _ in cases_stored[1:]} == {("posterize", 2), ("posterize", 4)}
-    assert len(cases_stored) == 7 and status == [("complete",)]
-    assert "10 passed" in result.stdout  # 7 cases, 2 variants' speed, the recognizer's
+    assert cases_stored[0] == ("none", None, "clear", "detect")
+    assert {(m, k) for m, k, _, _ in cases_stored[1:]} == {("posterize", 2), ("posterize", 4)}
+    # the cheap attacks that apply to any method (deblur and unpixelate undo one each)
+    assert {a for *_, a in cases_stored} == {"detect", "located", "median", "sharpen"}
+    assert len(cases_stored) == 1 + 2 * 3 * 4 and status == [("complete",)]
+    assert "28 passed" in result.stdout  # 25 cases, 2 variants' speed, the recognizer's
     assert not list(project.glob("conftest.py")), "no conftest: the plugin did everything"
 
 
