@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+
 import numpy as np
 import pytest
 
+from faceanon.attacks import Located
 from faceanon.datasets import protocol_split
 from faceanon.pipeline import Evaluation, EvaluationError, Settings
 from faceanon.protocol import Case, CaseError, OnMissError
@@ -226,3 +230,54 @@ def test_an_attack_that_does_not_apply_is_refused(lfw, tmp_path):
         with Evaluation(lfw, split, db=db, run_id=run_id, workers=1) as evaluation:
             with pytest.raises(AttackError, match="'deblur' undoes blur only, not 'noise'"):
                 evaluation.compare(Case("noise", 30, "naive", "deblur"))
+
+
+class _PreparedLocated(Located):
+    """A located attack that must be prepared per (method, k), like a trained one."""
+
+    name = "prepared-located"
+    summary = "located, after a preparation that records what it was prepared for"
+    calls: list = []
+
+    def __init__(self):
+        self.prepared_for = None
+
+    def prepare(self, *, method, k, seed, data_root):
+        type(self).calls.append((method, k, os.getpid()))
+        self.prepared_for = (method, k, seed, str(data_root))
+
+    def training_record(self):
+        return {"prepared_for": list(self.prepared_for)}
+
+    def restore(self, image, *, region, method, k):
+        if self.prepared_for is None or self.prepared_for[:2] != (method, k):
+            raise AssertionError(f"attacked {method} k{k} prepared for {self.prepared_for}")
+        return super().restore(image, region=region, method=method, k=k)
+
+
+def test_an_attack_is_prepared_once_per_variant_in_the_main_process(lfw, tmp_path):
+    split = protocol_split(lfw, identities=2, seed=1)
+    attack = _PreparedLocated()
+    _PreparedLocated.calls.clear()
+    cases = [Case("noise", 30, mode, "prepared-located") for mode in ("naive", "reverse")]
+    cases.append(Case("blur", 15, "naive", "prepared-located"))
+    with ResultsDB(tmp_path / "r.duckdb") as db:
+        run_id = db.start_run(name="x", dataset_name="lfw", dataset_fingerprint="x",
+                              config={}, git_commit=None, git_dirty=None, packages={},
+                              machine={})
+        with Evaluation(lfw, split, db=db, run_id=run_id, workers=1,
+                        attacks={attack.name: attack}, data_root=tmp_path) as evaluation:
+            evaluation.plan(cases)
+            for case in cases:
+                evaluation.run_case(case)
+            prepared = evaluation._prepared[(cases[-1].variant, attack.name)]
+        trainings = db.attack_trainings(run_id)
+    assert _PreparedLocated.calls == [("noise", 30, os.getpid()), ("blur", 15, os.getpid())]
+    assert attack.prepared_for is None, "the attack given is copied, never prepared itself"
+    # what workers receive: the prepared copy, pickled with the tasks
+    assert pickle.loads(pickle.dumps(prepared)).prepared_for == ("blur", 15, 0, str(tmp_path))
+    assert trainings == [
+        {"method": "blur", "k": 15, "attack": "prepared-located",
+         "record": {"prepared_for": ["blur", 15, 0, str(tmp_path)]}},
+        {"method": "noise", "k": 30, "attack": "prepared-located",
+         "record": {"prepared_for": ["noise", 30, 0, str(tmp_path)]}}]
