@@ -81,6 +81,13 @@ IMAGE_COLUMNS = ("key", "role", "method", "k", "sha256", "acquired", "faces_foun
 TIMING_COLUMNS = ("name", "min", "max", "median", "mean", "stddev", "rounds", "unit")
 SCORE_COLUMNS = ("probe", "gallery", "mated", "distance", "probe_acquired", "gallery_enrolled")
 
+#: Held while this process opens or closes a connection to a database file. DuckDB (2.0.1)
+#: loses its Python table functions when a connection is opened or closed in one thread
+#: while another thread's query scans a Python object: "Table Function with name
+#: python_arrow_scan does not exist" (185 of 3000 inserts beside a thread that opens and
+#: closes connections, none with this lock). The heartbeat thread does exactly that.
+_CONNECTING = threading.Lock()
+
 #: Seconds a reader waits for a locked database before giving up (ResultsDB(read_only=True)).
 READ_LOCK_TIMEOUT = 30.0
 #: Seconds a writer waits: long enough to outlast a report being rendered.
@@ -447,7 +454,8 @@ class ResultsDB:
         delay = 0.01
         while True:
             try:
-                return duckdb.connect(self.path, read_only=read_only)
+                with _CONNECTING:
+                    return duckdb.connect(self.path, read_only=read_only)
             except duckdb.IOException as error:
                 if "Could not set lock" not in str(error):
                     raise StoreError(f"{self.path}: cannot open the results database "
@@ -506,7 +514,8 @@ class ResultsDB:
                 con.execute(_sql("metrics.sql"))
             yield con
         finally:
-            con.close()
+            with _CONNECTING:
+                con.close()
 
     @contextmanager
     def _transaction(self, **options) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -554,7 +563,8 @@ class ResultsDB:
                 con.execute("ROLLBACK")
                 raise
         finally:
-            con.close()
+            with _CONNECTING:
+                con.close()
 
     def _check_known(self, version: int) -> None:
         if version > SCHEMA_VERSION:

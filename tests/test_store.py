@@ -835,3 +835,33 @@ def test_version_2_database_gains_the_attack_axis(db_path):
         assert con.execute("SELECT count(*), min(attack) FROM images").fetchone() == (1, "detect")
     finally:
         con.close()
+
+
+def test_connections_opened_in_another_thread_never_break_a_bulk_insert(db_path):
+    # DuckDB loses its Python table functions ("python_arrow_scan does not exist") when a
+    # connection to the file opens or closes in one thread while another thread's insert
+    # scans an Arrow table, as the heartbeat thread does beside write_case.
+    import threading
+
+    with ResultsDB(db_path) as db:
+        run = _start(db)
+        stop = threading.Event()
+
+        def reader():
+            while not stop.is_set():
+                db.runs()
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        failures = []
+        try:
+            for index in range(300):
+                try:
+                    db.add_images(run, {"key": [f"k{index}"], "role": ["original"]})
+                except duckdb.Error as error:
+                    failures.append(str(error))
+        finally:
+            stop.set()
+            thread.join()
+        assert failures == []
+        assert db.con.execute("SELECT count(*) FROM images").fetchone() == (300,)
