@@ -230,7 +230,7 @@ def _init_worker(settings: Settings, known: Mapping[str, frozenset[str]],
     _WORKER["known"] = known
     _WORKER["methods"] = dict(methods)
     _WORKER["images"] = DecodedImages(budget_bytes=IMAGE_CACHE_BYTES)
-    _WORKER["attacks"] = {}
+    _WORKER["attacks"] = OrderedDict()
 
 
 def _worker_method(name: str) -> Method:
@@ -278,11 +278,20 @@ def _chip(key: str, image: np.ndarray, anonymize_seconds: float = 0.0,
                     DEFAULT_ATTACK, encoder, sha)
 
 
+#: Variants whose attack objects a worker keeps: the one being made and the next one,
+#: which the pool starts while the first is compared.
+KEPT_ATTACK_VARIANTS = 2
+
+
 def _worker_attack(attack: Attack, variant: Variant) -> Attack:
     """The worker's copy of ``attack`` for ``variant``, kept across tasks: an attack that
-    loads something lazily (a detector) loads it once per worker."""
-    kept = _WORKER["attacks"].setdefault((attack.name, variant), attack)
-    return kept
+    loads something lazily (a detector) loads it once per worker and variant."""
+    kept: OrderedDict = _WORKER["attacks"]
+    if variant not in kept:
+        kept[variant] = {}
+        while len(kept) > KEPT_ATTACK_VARIANTS:
+            kept.popitem(last=False)
+    return kept[variant].setdefault(attack.name, attack)
 
 
 def _attacked_chips(key: str, anonymized: np.ndarray, anonymize_seconds: float, *,
