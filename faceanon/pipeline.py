@@ -597,8 +597,10 @@ class Evaluation:
         return results
 
     def _needs_boxes(self) -> bool:
-        planned = {a for sides in self._plan_sides.values() for a in sides}
-        return bool((planned | set(self._attacks)) - {DEFAULT_ATTACK})
+        # the plan says which attacks run; without one, any attack given may
+        planned = {a for sides in self._plan_sides.values() for a in sides} \
+            if self._plan_sides else set(self._attacks)
+        return bool(planned - {DEFAULT_ATTACK})
 
     def originals(self, *, need_boxes: bool | None = None) -> dict[str, Encoded]:
         """Encode every original once (and find the regions to anonymize in it).
@@ -608,7 +610,8 @@ class Evaluation:
         need_boxes : bool, optional
             Whether the originals' face boxes are needed (by a located attack): the
             embedding cache keeps no box, so the originals are then encoded even when
-            cached. Default: when an attack other than ``detect`` is planned or given.
+            cached. Default: when an attack other than ``detect`` is planned (without a
+            plan: given). An attack asked for later gets them then.
         """
         need_boxes = self._needs_boxes() if need_boxes is None else need_boxes
         if self._originals is None or (need_boxes and not self._boxes_known):
