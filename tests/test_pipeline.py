@@ -281,3 +281,27 @@ def test_an_attack_is_prepared_once_per_variant_in_the_main_process(lfw, tmp_pat
          "record": {"prepared_for": ["blur", 15, 0, str(tmp_path)]}},
         {"method": "noise", "k": 30, "attack": "prepared-located",
          "record": {"prepared_for": ["noise", 30, 0, str(tmp_path)]}}]
+
+
+@pytest.mark.realdata
+def test_an_unplanned_attack_after_cached_originals_still_uses_the_face_box(lfw, tmp_path):
+    # The embedding cache keeps no face box: originals served from it must be encoded
+    # again before a located attack runs, or it would silently fall back to detection.
+    split = protocol_split(lfw, identities=3, seed=6)
+    located = Case("noise", 30, "naive", "located")
+    with ResultsDB(tmp_path / "planned.duckdb") as db:
+        (planned,) = _run(db, lfw, split, 1, [located])
+        want = _scores(db, planned)
+    with ResultsDB(tmp_path / "cached.duckdb") as db:
+        _run(db, lfw, split, 1, [Case("noise", 30, "naive")])  # caches the originals
+        run_id = db.start_run(name="again", dataset_name="lfw", dataset_fingerprint="x",
+                              config={}, git_commit=None, git_dirty=None, packages={},
+                              machine={})
+        with Evaluation(lfw, split, db=db, run_id=run_id, workers=1) as evaluation:
+            evaluation.run_case(Case("noise", 30, "naive"))  # no plan: detect only
+            assert all(r.encode_seconds == 0.0 for r in evaluation.originals().values())
+            unplanned = evaluation.run_case(located).case_id
+        got = _scores(db, unplanned)
+    assert [row[:3] for row in got] == [row[:3] for row in want]
+    for a, b in zip(got, want, strict=True):
+        assert (a[3] is None and b[3] is None) or a[3] == pytest.approx(b[3], abs=1e-9)
