@@ -230,8 +230,9 @@ def restore_costs(dataset, samples, keys) -> dict:
             for box in boxes:
                 image = attack.restore(image, region=box, method=method_name, k=k)
 
-        out[(attack_name, method_name, k)] = per_item(restore, list(zip(anonymized, regions,
-                                                                       strict=True)))
+        pairs = list(zip(anonymized, regions, strict=True))
+        restore(pairs[0])  # untimed: the first call imports the filter's library
+        out[(attack_name, method_name, k)] = per_item(restore, pairs)
     return out
 
 
@@ -429,9 +430,14 @@ def main() -> None:
               f" + {ours.in_box} x ({1000 * costs.in_box:.1f} + {1000 * costs.network:.1f})"
               f") ms / {cores} + {restore:.1f} s of restoration / {cores}); detection is "
               f"{detection / cores / floor:.0%} of it")
-        for (attack, method, k), seconds in sorted(restoring.items(), key=str):
-            print(f"    {attack} on {method} k{k}: {1000 * seconds:.1f} ms per image, "
-                  f"{ours.restored[(attack, method, k)]} images")
+        for attack in dict.fromkeys(key[0] for key in sorted(restoring, key=str)):
+            keys = [key for key in restoring if key[0] == attack]
+            images = sum(ours.restored[key] for key in keys)
+            spent = sum(ours.restored[key] * restoring[key] for key in keys)
+            slowest = max(keys, key=restoring.get)
+            print(f"    {attack}: {1000 * spent / images:.1f} ms per image over {images} "
+                  f"images (slowest {slowest[1]} k{slowest[2]}: "
+                  f"{1000 * restoring[slowest]:.1f} ms)")
         print(f"  wall   {ours.wall:8.1f} s  (load average {load_average()})")
         print(f"  floor / wall = {floor / ours.wall:.2f}  (goal >= 0.85); the same work with "
               f"dlib's descriptor has a floor of {dlib_floor:.1f} s")
