@@ -403,6 +403,10 @@ class ResultsDB:
         self._beating: set[int] = set()
         self._beat_stop = threading.Event()
         self._beat_thread: threading.Thread | None = None
+        # One writer at a time in this process: the heartbeat's UPDATE of a run row and a
+        # case's transaction (which refreshes the same row) otherwise conflict in DuckDB
+        # ("Conflict on update!"), failing the case.
+        self._writing = threading.RLock()
         if self._memory:
             if read_only:
                 raise ValueError("an in-memory database cannot be opened read-only")
@@ -491,9 +495,18 @@ class ResultsDB:
     @contextmanager
     def _connect(self, *, write: bool = False, views: bool = False,
                  timeout: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One batch of work: a connection opened for it and closed after it."""
+        """One batch of work: a connection opened for it and closed after it (a writer's
+        batches one at a time: see ``_writing``)."""
         if write and self.read_only:
             raise StoreError(f"{self.path} was opened read-only")
+        if write:
+            with self._writing:
+                yield from self._connection(views=views, timeout=timeout)
+        else:
+            yield from self._connection(views=views, timeout=timeout)
+
+    def _connection(self, *, views: bool,
+                    timeout: float | None) -> Iterator[duckdb.DuckDBPyConnection]:
         if self._con is not None:
             if threading.current_thread() is threading.main_thread():
                 yield self._con

@@ -865,3 +865,21 @@ def test_connections_opened_in_another_thread_never_break_a_bulk_insert(db_path)
             thread.join()
         assert failures == []
         assert db.con.execute("SELECT count(*) FROM images").fetchone() == (300,)
+
+
+def test_the_heartbeat_never_makes_a_case_conflict(db_path):
+    # The heartbeat thread refreshes the run's row, as every write_case does in its
+    # transaction; at the same moment DuckDB fails one with "Conflict on update!".
+    with ResultsDB(db_path) as db:
+        db.heartbeat_interval = 0.001  # a beat all the time
+        run = _start(db)
+        failures = []
+        for index in range(100):
+            try:
+                db.write_case(run, method="blur", k=index + 1, mode="naive", detector="hog",
+                              backend="dlib", scores=_scores_2x2())
+            except duckdb.Error as error:
+                failures.append(str(error))
+        assert failures == []
+        assert db.con.execute("SELECT count(*) FROM cases").fetchone() == (100,)
+        db.finish_run(run, "complete")
