@@ -3,7 +3,8 @@ recognizer. The plugin (faceanon.benchmark) does the work; another project that 
 method copies these lines into its own bench folder.
 
 ``pytest bench -k pixelate`` runs only the pixelate cases and speeds; ``-k clear`` the
-baseline; ``-k "blur and reverse"`` one mode of one method.
+baseline; ``-k "blur and reverse"`` one mode of one method; ``-k median`` one attack
+(``--bench-attacks`` says which attacks run at all).
 """
 
 

@@ -25,6 +25,11 @@ Prints, measured in one run on this machine:
    box to the image, and ``face_encodings`` then finds the landmarks in the clipped box,
    while faceanon (like ``face_encodings(image)`` without boxes) uses dlib's box: scores
    of a face whose box touches the image's border are counted apart;
+   With ``--attacks`` (e.g. ``cheap``) the paper grid runs those attacks as well
+   (:mod:`faceanon.attacks`): the floor then adds, per attacked image, the attack's
+   restoration filter (CPU seconds per image of that method and k, measured here) and
+   its encoding: a located or filter attack costs landmarks + chip in the original's face
+   box (no detection) + the network, ``detect`` what an image costs without attacks;
 4. the speed-up over a single-process version of the seed study's approach (for each
    case, for each probe/gallery pair: anonymize, encode both images, compare), measured
    on a smaller grid in the same run (goal: 20x or more).
@@ -37,6 +42,8 @@ package, never the checkout)::
 
     FACEANON_DATA=../shared/datasets python benchmarks/throughput.py
     python benchmarks/throughput.py --identities 50 --skip-seed-loop   # quicker
+    python benchmarks/throughput.py --identities 50 --skip-plain --skip-seed-loop \
+        --attacks cheap                                                # with attacks
 
 Every database is a fresh temporary file, so no embedding comes from an earlier run.
 """
@@ -53,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
+from faceanon.attacks import get_attack, parse_attacks
 from faceanon.benchmark.grids import cases as grid_cases
 from faceanon.datasets import protocol_split, resolve_dataset
 from faceanon.detect import anonymization_regions
@@ -93,6 +101,10 @@ class PipelineRun:
     backend: str
     #: case label -> distances (probes x gallery, split order; NaN: no score)
     scores: dict[str, np.ndarray]
+    #: images encoded in the original's face box (located and filter attacks)
+    in_box: int = 0
+    #: (attack, method, k) -> images that attack restored (filter attacks only)
+    restored: dict | None = None
 
 
 def scheduler_seconds(pid: int | str) -> np.ndarray | None:
@@ -130,10 +142,19 @@ def run_pipeline(dataset, split, cases, *, workers: int, backend: str = "auto",
             wall = time.perf_counter() - start
             spent.append(None if here is None else scheduler_seconds("self") - here)
             on_core, waiting = (None, None) if any(x is None for x in spent) else sum(spent)
-            encoded, faceless = db.embedding_counts()
+            # encodings by detection (the backend's own encoder) and in a known box
+            (encoded, faceless, in_box), = db.con.execute(
+                "SELECT count(*) FILTER (WHERE backend NOT LIKE '%+%'), "
+                "count(*) FILTER (WHERE backend NOT LIKE '%+%' AND embedding IS NULL), "
+                "count(*) FILTER (WHERE backend LIKE '%+box') FROM embeddings").fetchall()
+            restored = dict(((a, m, k), n) for a, m, k, n in db.con.execute(
+                "SELECT attack, method, k, count(*) FROM images WHERE run_id = ? "
+                "AND role = 'anonymized' AND attack NOT IN ('detect', 'located') "
+                "GROUP BY ALL", [run_id]).fetchall())
             scores = {label: stored_scores(db, case_id, split)
                       for label, case_id in ids.items()} if keep_scores else {}
-    return PipelineRun(wall, on_core, waiting, encoded, faceless, used, scores)
+    return PipelineRun(wall, on_core, waiting, encoded, faceless, used, scores, in_box,
+                       restored)
 
 
 def stored_scores(db, case_id: int, split) -> np.ndarray:
@@ -157,6 +178,7 @@ class Costs:
     no_face: float  # detection of an image without a face
     network: float  # the default backend's network, per chip, at the pipeline's batch
     dlib_network: float  # dlib's own descriptor, per chip
+    in_box: float = 0.0  # landmarks + chip in a known face box (no detection)
 
 
 def per_item(call, items) -> float:
@@ -182,8 +204,36 @@ def per_image_costs(dataset, samples, *, backend: str = "auto") -> Costs:
     batches = np.resize(chips, (4, ENCODE_BATCH, *chips.shape[1:]))
     recognizer.encode_chips(batches[0])  # warm up
     dlib_backend = DlibResNet()
+    boxed = [(image, face.box) for image, face in zip(images, faces, strict=True)
+             if face.acquired]
+    in_box = per_item(lambda pair: recognizer.face_chip(pair[0], box=pair[1]), boxed)
     return Costs(chip, no_face, per_item(recognizer.encode_chips, batches) / ENCODE_BATCH,
-                 per_item(dlib_backend.encode_chips, batches) / ENCODE_BATCH)
+                 per_item(dlib_backend.encode_chips, batches) / ENCODE_BATCH, in_box)
+
+
+def restore_costs(dataset, samples, keys) -> dict:
+    """CPU seconds per image of each filter attack's restoration, per (attack, method, k),
+    on real anonymized faces (restored in their anonymization regions, as the pipeline
+    does)."""
+    originals = [read_image(dataset.path(s)) for s in samples]
+    regions = [anonymization_regions(image, detector="hog").boxes for image in originals]
+    out = {}
+    for attack_name, method_name, k in keys:
+        attack, method = get_attack(attack_name), get_method(method_name)
+        anonymized = [method.anonymize(image, list(boxes), k=k,
+                                       rng=image_rng(0, method_name, k, sample.key))
+                      for image, boxes, sample in zip(originals, regions, samples,
+                                                      strict=True)]
+
+        def restore(pair, attack=attack, method_name=method_name, k=k):
+            image, boxes = pair
+            for box in boxes:
+                image = attack.restore(image, region=box, method=method_name, k=k)
+
+        pairs = list(zip(anonymized, regions, strict=True))
+        restore(pairs[0])  # untimed: the first call imports the filter's library
+        out[(attack_name, method_name, k)] = per_item(restore, pairs)
+    return out
 
 
 # --- the plain face_recognition pool ---------------------------------------------------------
@@ -339,6 +389,9 @@ def main() -> None:
                         help="no plain face_recognition pool")
     parser.add_argument("--skip-seed-loop", action="store_true",
                         help="no seed-study pair loop")
+    parser.add_argument("--attacks", default="detect",
+                        help="attacks the paper grid runs (faceanon.attacks names, 'cheap' or "
+                             "'all'); default detect, the seed study's attacker")
     args = parser.parse_args()
 
     dataset = resolve_dataset(args.data)
@@ -356,18 +409,35 @@ def main() -> None:
           f"dlib's {1000 * costs.dlib_network:.1f} ms")
 
     if not args.skip_paper:
-        paper = grid_cases("paper", methods=AD_HOC)
+        attacks = parse_attacks(args.attacks)
+        paper = grid_cases("paper", methods=AD_HOC, attacks=attacks)
         ours = run_pipeline(dataset, split, paper, workers=cores, backend=args.backend,
                             keep_scores=not args.skip_plain)
         faces = ours.encoded - ours.faceless
         detection = faces * costs.chip + ours.faceless * costs.no_face
-        floor = (detection + faces * costs.network) / cores
-        dlib_floor = (detection + faces * costs.dlib_network) / cores
-        print(f"paper grid: {len(paper)} cases, {ours.encoded} images encoded, "
-              f"{ours.faceless} of them with no face found; backend {ours.backend}")
+        restoring = restore_costs(dataset, list(split.probes[:8]), sorted(ours.restored or {},
+                                                                          key=str))
+        restore = sum(n * restoring[key] for key, n in (ours.restored or {}).items())
+        boxed = ours.in_box * (costs.in_box + costs.network)
+        floor = (detection + faces * costs.network + boxed + restore) / cores
+        dlib_floor = (detection + (faces + ours.in_box) * costs.dlib_network
+                      + ours.in_box * costs.in_box + restore) / cores
+        print(f"paper grid: {len(paper)} cases (attacks {', '.join(attacks)}), "
+              f"{ours.encoded} images encoded by detection, {ours.faceless} of them with no "
+              f"face found, {ours.in_box} in the original's face box; backend {ours.backend}")
         print(f"  floor  {floor:8.1f} s  (({faces} x ({1000 * costs.chip:.1f} + "
-              f"{1000 * costs.network:.1f}) + {ours.faceless} x {1000 * costs.no_face:.1f}) ms"
-              f" / {cores}); detection is {detection / cores / floor:.0%} of it")
+              f"{1000 * costs.network:.1f}) + {ours.faceless} x {1000 * costs.no_face:.1f}"
+              f" + {ours.in_box} x ({1000 * costs.in_box:.1f} + {1000 * costs.network:.1f})"
+              f") ms / {cores} + {restore:.1f} s of restoration / {cores}); detection is "
+              f"{detection / cores / floor:.0%} of it")
+        for attack in dict.fromkeys(key[0] for key in sorted(restoring, key=str)):
+            keys = [key for key in restoring if key[0] == attack]
+            images = sum(ours.restored[key] for key in keys)
+            spent = sum(ours.restored[key] * restoring[key] for key in keys)
+            slowest = max(keys, key=restoring.get)
+            print(f"    {attack}: {1000 * spent / images:.1f} ms per image over {images} "
+                  f"images (slowest {slowest[1]} k{slowest[2]}: "
+                  f"{1000 * restoring[slowest]:.1f} ms)")
         print(f"  wall   {ours.wall:8.1f} s  (load average {load_average()})")
         print(f"  floor / wall = {floor / ours.wall:.2f}  (goal >= 0.85); the same work with "
               f"dlib's descriptor has a floor of {dlib_floor:.1f} s")

@@ -23,7 +23,15 @@ by pixels:
    "disappears", and it is cheaper than ``detect``); ``detect:retinaface`` and
    ``detect:cnn`` use a stronger detector, then the descriptor in the box it found.
    :meth:`Attack.cache_key` says under which (encoder, key) the result may be cached: the
-   located encoders depend on the box as well as on the pixels.
+   located encoders depend on the box as well as on the pixels. The benchmark's pipeline
+   splits this step once more: :meth:`Attack.chip` finds the face and cuts the backend's
+   face chip, and the chips of many images (and attacks) go through the network in one
+   batch (``backend.encode_chips``).
+
+An attack that must learn something first (a trained attacker) does it in
+:meth:`Attack.prepare`, which the pipeline calls in its main process once per (method, k)
+before asking for any attacked image; :meth:`Attack.training_record` says what the
+training was, and the benchmark stores it (table ``attack_trainings``).
 
 Attacks
 -------
@@ -83,7 +91,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from faceanon.recognition import Encoding, image_sha256
+from faceanon.recognition import Encoding, FaceChip, image_sha256
 
 Box = tuple[int, int, int, int]
 
@@ -222,6 +230,68 @@ class Attack(abc.ABC):
     ) -> Encoding:
         """Find the face in a (restored) image and encode it with ``backend``."""
 
+    def chip(
+        self, image: np.ndarray, *, original_box: Sequence[int] | None, backend
+    ) -> FaceChip:
+        """The per-image half of :meth:`encode_restored`: find the face, cut its chip.
+
+        The pipeline batches the chips of many images through ``backend.encode_chips``;
+        :meth:`encode_restored` must describe the same face, so an attack that overrides
+        one overrides the other.
+
+        Parameters
+        ----------
+        image : ndarray
+            The restored RGB ``uint8`` image (:meth:`restore`'s result).
+        original_box : (x, y, w, h) or None
+            The original's face box, clipped to the image; ``None``: the original had no
+            face, and the backend's detector looks for one.
+        backend
+            A recognition backend with ``face_chip(image, box=(top, right, bottom, left))``.
+
+        Returns
+        -------
+        FaceChip
+            ``chip`` is ``None`` when the attack found no face.
+        """
+        if self.locator == "detector" or original_box is None:
+            return backend.face_chip(image)
+        if self.locator == "box":
+            return backend.face_chip(image, box=css_box(original_box))
+        raise NotImplementedError(
+            f"attack {self.name!r} finds the face with {self.locator!r}: it must implement "
+            "chip()")
+
+    def prepare(self, *, method: str, k: int | None, seed: int, data_root) -> None:
+        """Get ready to attack ``method`` at ``k`` (default: nothing to do).
+
+        The pipeline calls it in its main process, once per (method, k), on a copy of the
+        attack made for that (method, k), before any image of it is attacked. Afterwards
+        the attack must be cheap to pickle (a file path, never a model): worker processes
+        receive it with their tasks. An attack that learns from data may read only
+        ``lfw-singletons`` under ``data_root``, never a benchmark identity.
+
+        Parameters
+        ----------
+        method : str
+            The registry name of the method whose images will be attacked.
+        k : int or None
+            Its strength.
+        seed : int
+            The run's seed.
+        data_root : path-like or None
+            The folder that holds the benchmark's dataset (and ``lfw-singletons``).
+        """
+        return None  # the filter and detector attacks need no preparation
+
+    def training_record(self) -> dict | None:
+        """What :meth:`prepare` learned from, and how (JSON-serializable), or ``None``.
+
+        Recorded by the benchmark per (run, method, k, attack) in ``attack_trainings``:
+        e.g. the singleton split, the training settings, the loss curve, the wall time.
+        """
+        return None
+
     def encode(
         self,
         image: np.ndarray,
@@ -356,10 +426,25 @@ class DetectorAttack(Attack):
     def make_detector(self):
         """A :class:`faceanon.detect.Detector` that finds faces."""
 
-    def encode_restored(self, image, *, original_box, backend):
+    def __getstate__(self):
+        # Sent to worker processes with their tasks: the detector is made there, not sent.
+        return {**self.__dict__, "_detector": None}
+
+    def _found(self, image) -> list:
         if self._detector is None:
             self._detector = self.make_detector()
-        found = [d.box for d in self._detector.detect(image)]
+        return [d.box for d in self._detector.detect(image)]
+
+    def chip(self, image, *, original_box, backend):
+        found = self._found(image)
+        box = largest_box(found)
+        if box is None:
+            return FaceChip(chip=None, faces_found=0)
+        face = backend.face_chip(image, box=css_box(box))
+        return FaceChip(face.chip, faces_found=len(found), box=face.box)
+
+    def encode_restored(self, image, *, original_box, backend):
+        found = self._found(image)
         box = largest_box(found)
         if box is None:
             return Encoding(embedding=None, faces_found=0)

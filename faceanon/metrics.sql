@@ -86,7 +86,8 @@
 --   images (a constant distance gives chance level, not 100 %).
 --
 -- Unchanged images. n_anonymized = distinct images of the run anonymized by the case's
---   method at its k (images, role 'anonymized'); n_unchanged = how many of them have the
+--   method at its k and processed by the case's attack (images, role 'anonymized', the
+--   case's attack: attacks never mix); n_unchanged = how many of them have the
 --   pixel sha256 of their original: published exactly as they were. Both NULL for the
 --   clear baseline and for a case whose run recorded no images.
 --
@@ -290,6 +291,7 @@ unchanged AS (
     FROM cases c
     JOIN images a ON a.run_id = c.run_id AND a.role = 'anonymized'
                  AND a.method = c.method AND a.k IS NOT DISTINCT FROM c.k
+                 AND a.attack = c.attack
     LEFT JOIN images o ON o.run_id = c.run_id AND o.role = 'original' AND o.key = a.key
     WHERE c.mode <> 'clear'
     GROUP BY c.id

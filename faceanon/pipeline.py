@@ -1,4 +1,4 @@
-"""Run (method, k, mode) cases end to end: anonymize, encode, compare, store.
+"""Run (method, k, mode, attack) cases end to end: anonymize, attack, encode, compare, store.
 
 The expensive steps are dlib's face detection and the ResNet descriptor. The descriptor
 runs in torch by default (``dlib-resnet-torch``, equal to dlib's within 1e-5, about ten
@@ -7,9 +7,16 @@ is built around doing each as few times as possible and on every core:
 
 - Originals are encoded once per run; their embeddings and the anonymization regions found
   in them are reused by every method, strength and mode.
-- Each anonymized variant (method, k) is made and encoded once and shared by the naive,
-  reverse and parrot modes.
-- The embedding cache (keyed by backend and pixel sha256) skips every image already
+- Each anonymized variant (method, k) is made once, in the worker task that also attacks
+  it: every planned attack (:mod:`faceanon.attacks`) restores the anonymized image in the
+  original's anonymization regions and cuts its face chip (``detect`` with the backend's
+  detector, the located attacks in the original's face box), and the chips of all attacks
+  go through the network in one batch. Each attack processes only the sides its modes
+  anonymize (naive: probes, reverse: gallery, parrot: both); the encodings are shared by
+  the modes. Attacks that learn (:meth:`faceanon.attacks.Attack.prepare`) are prepared
+  here, in the main process, once per variant, and sent to the workers with their tasks.
+- The embedding cache (keyed by encoder and pixel sha256, plus the face box for the
+  located attacks: :meth:`faceanon.attacks.Attack.cache_key`) skips every image already
   encoded in this run or an earlier one.
 - Worker processes each keep their models loaded and take work a batch of images at a
   time: each image is anonymized, detected and cut to dlib's 150 px face chip in turn
@@ -25,6 +32,7 @@ Recognition modes, cases and the per-image seed rule are defined in
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import multiprocessing
@@ -37,11 +45,12 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from faceanon.attacks import Attack, get_attack
 from faceanon.datasets import Dataset, Sample, Split
 from faceanon.errors import FaceanonError
 from faceanon.imageio import read_image
 from faceanon.methods import Method, get_method, needs_whole_set
-from faceanon.protocol import Case, OnMiss, Variant, image_rng, set_rng
+from faceanon.protocol import DEFAULT_ATTACK, Case, OnMiss, Variant, image_rng, set_rng
 from faceanon.recognition import (
     BACKENDS,
     Encoding,
@@ -106,7 +115,13 @@ class Settings:
 
 @dataclass
 class Encoded:
-    """One image as the recognizer saw it, plus the cost of producing it."""
+    """One image as an attacker's recognizer saw it, plus the cost of producing it.
+
+    ``sha256`` is the (published) image's; ``encoder`` and ``cache_key`` are where its
+    embedding is cached (:meth:`faceanon.attacks.Attack.cache_key`: the backend's name
+    and ``sha256`` for ``detect`` and the originals). ``encode_seconds`` includes the
+    attack's restoration.
+    """
 
     key: str
     sha256: str
@@ -114,6 +129,9 @@ class Encoded:
     anonymize_seconds: float = 0.0
     encode_seconds: float = 0.0
     boxes: tuple = ()
+    attack: str = DEFAULT_ATTACK
+    encoder: str = ""
+    cache_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -193,9 +211,10 @@ def worker_backend(settings: Settings):
     return get_backend(settings.backend, **options)
 
 
-def _init_worker(settings: Settings, known: frozenset[str], methods: Mapping[str, Method],
-                 backend=None) -> None:
-    """Load what a worker keeps: settings, the backend, the methods, the cache snapshot.
+def _init_worker(settings: Settings, known: Mapping[str, frozenset[str]],
+                 methods: Mapping[str, Method], backend=None) -> None:
+    """Load what a worker keeps: settings, the backend, the methods, the cache snapshot
+    (encoder name -> cached keys).
 
     ``backend`` is given on the serial path, which reuses the evaluation's own; a pool
     process makes its own (:func:`worker_backend`).
@@ -211,6 +230,7 @@ def _init_worker(settings: Settings, known: frozenset[str], methods: Mapping[str
     _WORKER["known"] = known
     _WORKER["methods"] = dict(methods)
     _WORKER["images"] = DecodedImages(budget_bytes=IMAGE_CACHE_BYTES)
+    _WORKER["attacks"] = OrderedDict()
 
 
 def _worker_method(name: str) -> Method:
@@ -237,24 +257,82 @@ class _Chipped:
     anonymize_seconds: float
     chip_seconds: float
     boxes: tuple
+    attack: str = DEFAULT_ATTACK
+    encoder: str = ""
+    cache_key: str = ""
 
 
 def _chip(key: str, image: np.ndarray, anonymize_seconds: float = 0.0,
-          boxes: tuple = ()) -> _Chipped:
+          boxes: tuple = (), *, need_box: bool = False) -> _Chipped:
+    """The backend's own detection and chip (originals; ``need_box``: even when cached,
+    because the located attacks need the face box, which the cache does not keep)."""
     sha = image_sha256(image)
-    if sha in _WORKER["known"]:
+    encoder = _WORKER["backend"].name
+    if sha in _WORKER["known"].get(encoder, ()) and not need_box:
         # Already in the cache: the main process fills the embedding in from DuckDB.
-        return _Chipped(key, sha, None, anonymize_seconds, 0.0, boxes)
+        return _Chipped(key, sha, None, anonymize_seconds, 0.0, boxes, DEFAULT_ATTACK,
+                        encoder, sha)
     start = time.perf_counter()
     face = _WORKER["backend"].face_chip(image)
-    return _Chipped(key, sha, face, anonymize_seconds, time.perf_counter() - start, boxes)
+    return _Chipped(key, sha, face, anonymize_seconds, time.perf_counter() - start, boxes,
+                    DEFAULT_ATTACK, encoder, sha)
+
+
+#: Variants whose attack objects a worker keeps: the one being made and the next one,
+#: which the pool starts while the first is compared.
+KEPT_ATTACK_VARIANTS = 2
+
+
+def _worker_attack(attack: Attack, variant: Variant) -> Attack:
+    """The worker's copy of ``attack`` for ``variant``, kept across tasks: an attack that
+    loads something lazily (a detector) loads it once per worker and variant."""
+    kept: OrderedDict = _WORKER["attacks"]
+    if variant not in kept:
+        kept[variant] = {}
+        while len(kept) > KEPT_ATTACK_VARIANTS:
+            kept.popitem(last=False)
+    return kept[variant].setdefault(attack.name, attack)
+
+
+def _attacked_chips(key: str, anonymized: np.ndarray, anonymize_seconds: float, *,
+                    regions: tuple, face_box: tuple | None, variant: Variant,
+                    attacks: Sequence[Attack]) -> list[_Chipped]:
+    """Every attack of one anonymized image: restore in the regions, then its face chip.
+
+    The attacks restore the regions the method anonymized (the original's anonymization
+    regions, clipped to the image) and find the face in ``face_box``, the original's
+    face box ``(x, y, w, h)`` (None: the original had no face, and the attack's chip
+    falls back to detection).
+    """
+    from faceanon.detect import clip_box
+
+    backend = _WORKER["backend"]
+    sha = image_sha256(anonymized)
+    clipped = [box for box in (clip_box(b, anonymized.shape) for b in regions) if box]
+    out = []
+    for attack in attacks:
+        attack = _worker_attack(attack, variant)
+        start = time.perf_counter()
+        restored = anonymized
+        for region in clipped or [None]:
+            restored = attack.restore(restored, region=region, method=variant.method,
+                                      k=variant.k)
+        encoder, cache = attack.cache_key(restored, original_box=face_box, backend=backend)
+        if cache in _WORKER["known"].get(encoder, ()):
+            out.append(_Chipped(key, sha, None, anonymize_seconds, 0.0, regions, attack.name,
+                                encoder, cache))
+            continue
+        face = attack.chip(restored, original_box=face_box, backend=backend)
+        out.append(_Chipped(key, sha, face, anonymize_seconds, time.perf_counter() - start,
+                            regions, attack.name, encoder, cache))
+    return out
 
 
 def _encode_batch(chipped: list[_Chipped]) -> list[Encoded]:
-    """One batched pass of the network over the chips of a task's images.
+    """One batched pass of the network over the chips of a task's images (every attack).
 
-    Each image's ``encode_seconds`` is its own detection and chip plus an equal share of
-    the batch's network time.
+    Each image's ``encode_seconds`` is its own restoration, detection and chip plus an
+    equal share of the batch's network time.
     """
     chips = [c.face.chip for c in chipped if c.face is not None and c.face.acquired]
     vectors = iter(())
@@ -272,40 +350,73 @@ def _encode_batch(chipped: list[_Chipped]) -> list[Encoded]:
             seconds = c.chip_seconds + share
         else:
             encoding, seconds = Encoding(None, c.face.faces_found), c.chip_seconds
-        out.append(Encoded(c.key, c.sha256, encoding, c.anonymize_seconds, seconds, c.boxes))
+        out.append(Encoded(c.key, c.sha256, encoding, c.anonymize_seconds, seconds, c.boxes,
+                           c.attack, c.encoder, c.cache_key))
     return out
 
 
-def _original_chip(task: tuple[str, str]) -> _Chipped:
-    key, path = task
+def _original_chip(task: tuple[str, str, bool]) -> list[_Chipped]:
+    key, path, need_box = task
     image = _WORKER["images"].read(path)
-    return _chip(key, image, boxes=_regions(image, _WORKER["settings"]))
+    return [_chip(key, image, boxes=_regions(image, _WORKER["settings"]), need_box=need_box)]
 
 
-def _variant_chip(task: tuple[str, str, tuple, Variant]) -> _Chipped:
-    key, path, boxes, variant = task
+@dataclass(frozen=True)
+class _AttackTask:
+    """What a worker does with one anonymized image besides making it: which attacks, in
+    which regions, with which face box (see :func:`_attacked_chips`)."""
+
+    regions: tuple
+    face_box: tuple | None
+    attacks: tuple
+
+
+def _variant_chip(task: tuple[str, str, Variant, _AttackTask]) -> list[_Chipped]:
+    key, path, variant, job = task
     settings = _WORKER["settings"]
     method = _worker_method(variant.method)
     image = _WORKER["images"].read(path)
     start = time.perf_counter()
     anonymized = method.anonymize(
-        image, list(boxes), k=variant.k,
+        image, list(job.regions), k=variant.k,
         rng=image_rng(settings.seed, variant.method, variant.k, key),
     )
-    return _chip(key, anonymized, time.perf_counter() - start)
+    return _attacked_chips(key, anonymized, time.perf_counter() - start,
+                           regions=job.regions, face_box=job.face_box, variant=variant,
+                           attacks=job.attacks)
 
 
-def _array_chip(task: tuple[str, np.ndarray, float]) -> _Chipped:
-    key, image, seconds = task
-    return _chip(key, image, seconds)
+def _array_chip(task: tuple[str, np.ndarray, float, Variant, _AttackTask]) -> list[_Chipped]:
+    key, image, seconds, variant, job = task
+    return _attacked_chips(key, image, seconds, regions=job.regions, face_box=job.face_box,
+                           variant=variant, attacks=job.attacks)
 
 
 def _batch_task(prepare, tasks: Sequence) -> list[Encoded]:
-    """A worker's unit of work: each image to its chip (``prepare``), then one batch."""
-    return _encode_batch([prepare(task) for task in tasks])
+    """A worker's unit of work: each image to its chips (``prepare``: one per attack),
+    then one batch through the network."""
+    return _encode_batch([chip for task in tasks for chip in prepare(task)])
 
 
 # --- main side ----------------------------------------------------------------------------
+
+#: The two sides of a split, as the attack plan names them.
+SIDES = ("gallery", "probes")
+
+
+def mode_sides(mode) -> set[str]:
+    """The sides a mode anonymizes, hence the ones its attack processes (naive: probes,
+    reverse: gallery, parrot: both, clear: none)."""
+    return ({"gallery"} if mode.gallery_anonymized else set()) | \
+        ({"probes"} if mode.probes_anonymized else set())
+
+
+def _xywh(css: Sequence[int] | None) -> tuple[int, int, int, int] | None:
+    """A ``(top, right, bottom, left)`` face box as ``(x, y, w, h)``."""
+    if css is None:
+        return None
+    top, right, bottom, left = (int(v) for v in css)
+    return (left, top, right - left, bottom - top)
 
 
 class Evaluation:
@@ -332,6 +443,12 @@ class Evaluation:
         by :func:`faceanon.methods.get_method` the first time it is needed. Each method
         is made once per evaluation; the methods known when the worker pool starts
         (:meth:`plan` says which) are copied to every worker once.
+    attacks : mapping of str to Attack, optional
+        Attack objects to use by name (e.g. made with options); any other attack is made
+        by :func:`faceanon.attacks.get_attack` the first time a case names it.
+    data_root : path-like, optional
+        Given to :meth:`faceanon.attacks.Attack.prepare`: the folder that holds the
+        benchmark's dataset (and ``lfw-singletons``, what a learning attack may train on).
     """
 
     def __init__(
@@ -345,6 +462,8 @@ class Evaluation:
         workers: int | None = None,
         batch_size: int = ENCODE_BATCH,
         methods: Mapping[str, Method] | None = None,
+        attacks: Mapping[str, Attack] | None = None,
+        data_root=None,
     ):
         self.dataset = dataset
         self.split = split
@@ -353,19 +472,30 @@ class Evaluation:
         self.settings = (settings or Settings()).resolved()
         self.workers = workers or os.cpu_count() or 1
         self.batch_size = batch_size
+        self.data_root = data_root
         self.backend = worker_backend(self.settings)  # the serial path encodes with it
         #: What computes the embeddings: the key of the embedding cache besides the name.
         self.model = self.backend.model_fingerprint()
         self.samples: dict[str, Sample] = {s.key: s for s in (*split.gallery, *split.probes)}
+        self._side_keys = {"gallery": [s.key for s in split.gallery],
+                           "probes": [s.key for s in split.probes]}
         self._methods: dict[str, Method] = dict(methods or {})
+        self._attacks: dict[str, Attack] = dict(attacks or {})
         self._originals: dict[str, Encoded] | None = None
-        self._variants: dict[Variant, dict[str, Encoded]] = {}
+        self._boxes_known = False
+        # variant -> attack -> image key -> encoding; one variant at a time (bounded memory)
+        self._variants: dict[Variant, dict[str, dict[str, Encoded]]] = {}
         self._plan: list[Variant] = []
+        # variant -> attack -> the sides it processes, in the order the cases came
+        self._plan_sides: dict[Variant, dict[str, set[str]]] = {}
         self._pending: dict[Variant, Iterator[Encoded]] = {}
+        self._prepared: dict[tuple[Variant, str], Attack] = {}
         self._pool: ProcessPoolExecutor | None = None
-        # Image rows made but not yet stored: they go with the next case stored, in its
-        # transaction, so that no image row exists without a case that used it.
+        # Image rows (and attack training records) made but not yet stored: they go with
+        # the next case stored, in its transaction, so that no image row exists without a
+        # case that used it.
         self._unstored_images: list[dict[str, list]] = []
+        self._unstored_trainings: list[dict] = []
 
     def method(self, name: str) -> Method:
         """The method called ``name``, made on first use and kept for the evaluation."""
@@ -373,13 +503,19 @@ class Evaluation:
             self._methods[name] = get_method(name)
         return self._methods[name]
 
+    def attack(self, name: str) -> Attack:
+        """The attack called ``name``, made on first use and kept for the evaluation."""
+        if name not in self._attacks:
+            self._attacks[name] = get_attack(name)
+        return self._attacks[name]
+
     def canonical(self, variant: Variant) -> Variant:
         """``variant`` with its ``k`` checked by its method (None for methods without k)."""
         return Variant(variant.method, self.method(variant.method).check_k(variant.k))
 
     # The pool is made lazily and reused across cases so models load once per worker.
     def _map(self, prepare, tasks: Sequence) -> Iterator[Encoded]:
-        """Each task to its image's chip (``prepare``), encoded a batch of tasks at a time.
+        """Each task to its image's chips (``prepare``), encoded a batch of tasks at a time.
 
         Batches are cut the same way on the serial and the parallel path, so both pass
         the same chips through the network together.
@@ -400,8 +536,15 @@ class Evaluation:
             )
         return itertools.chain.from_iterable(self._pool.map(work, batches))
 
-    def _known_keys(self) -> frozenset[str]:
-        return frozenset(self.db.cached_embedding_keys(self.backend.name, model=self.model))
+    def _encoders(self) -> list[str]:
+        """The cache's encoder names the known attacks use (:meth:`Attack.cache_key`)."""
+        name = self.backend.name
+        locators = {a.locator for a in self._attacks.values()} - {"detector", "box"}
+        return [name, f"{name}+box", *(f"{name}+{locator}" for locator in sorted(locators))]
+
+    def _known_keys(self) -> dict[str, frozenset[str]]:
+        return {encoder: frozenset(self.db.cached_embedding_keys(encoder, model=self.model))
+                for encoder in self._encoders()}
 
     def close(self) -> None:
         if self._pool is not None:
@@ -414,67 +557,147 @@ class Evaluation:
     def __exit__(self, *exc):
         self.close()
 
-    def _finish(self, results: Iterable[Encoded], *, role: str,
-                variant: Variant | None) -> dict[str, Encoded]:
+    def _finish(self, results: Iterable[Encoded], *, role: str, variant: Variant | None,
+                record: bool = True) -> list[Encoded]:
+        """Fill cached embeddings in, cache the new ones, queue the image rows."""
         results = list(results)
-        missing = [r.sha256 for r in results if r.encoding.faces_found < 0]
-        cached = (self.db.cached_embeddings(self.backend.name, missing, model=self.model)
-                  if missing else {})
-        fresh: dict[str, Encoded] = {}
+        missing: dict[str, list[str]] = {}
         for result in results:
             if result.encoding.faces_found < 0:
-                embedding, faces = cached[result.sha256]
+                missing.setdefault(result.encoder, []).append(result.cache_key)
+        cached = {encoder: self.db.cached_embeddings(encoder, keys, model=self.model)
+                  for encoder, keys in missing.items()}
+        fresh: dict[str, dict[str, Encoded]] = {}
+        for result in results:
+            if result.encoding.faces_found < 0:
+                embedding, faces = cached[result.encoder][result.cache_key]
                 result.encoding = Encoding(embedding, faces)
             else:
-                fresh.setdefault(result.sha256, result)
-        if fresh:
+                fresh.setdefault(result.encoder, {}).setdefault(result.cache_key, result)
+        for encoder, made in fresh.items():
             self.db.store_embeddings(
-                self.backend.name,
-                list(fresh),
-                [r.encoding.embedding for r in fresh.values()],
-                [r.encoding.faces_found for r in fresh.values()],
+                encoder,
+                list(made),
+                [r.encoding.embedding for r in made.values()],
+                [r.encoding.faces_found for r in made.values()],
                 model=self.model,
             )
-        self._unstored_images.append({
-            "key": [r.key for r in results],
-            "role": [role] * len(results),
-            "method": [None if variant is None else variant.method] * len(results),
-            "k": [None if variant is None else variant.k] * len(results),
-            "sha256": [r.sha256 for r in results],
-            "acquired": [r.encoding.acquired for r in results],
-            "faces_found": [r.encoding.faces_found for r in results],
-            "backend": [self.backend.name] * len(results),
-        })
-        return {r.key: r for r in results}
+        if record:
+            self._unstored_images.append({
+                "key": [r.key for r in results],
+                "role": [role] * len(results),
+                "method": [None if variant is None else variant.method] * len(results),
+                "k": [None if variant is None else variant.k] * len(results),
+                "sha256": [r.sha256 for r in results],
+                "acquired": [r.encoding.acquired for r in results],
+                "faces_found": [r.encoding.faces_found for r in results],
+                "backend": [self.backend.name] * len(results),
+                "attack": [r.attack for r in results],
+            })
+        return results
 
-    def originals(self) -> dict[str, Encoded]:
-        """Encode every original once (and find the regions to anonymize in it)."""
-        if self._originals is None:
-            tasks = [(key, str(self.dataset.path(s))) for key, s in self.samples.items()]
-            results = self._map(_original_chip, tasks)
-            self._originals = self._finish(results, role="original", variant=None)
+    def _needs_boxes(self) -> bool:
+        # the plan says which attacks run; without one, any attack given may
+        planned = {a for sides in self._plan_sides.values() for a in sides} \
+            if self._plan_sides else set(self._attacks)
+        return bool(planned - {DEFAULT_ATTACK})
+
+    def originals(self, *, need_boxes: bool | None = None) -> dict[str, Encoded]:
+        """Encode every original once (and find the regions to anonymize in it).
+
+        Parameters
+        ----------
+        need_boxes : bool, optional
+            Whether the originals' face boxes are needed (by a located attack): the
+            embedding cache keeps no box, so the originals are then encoded even when
+            cached. Default: when an attack other than ``detect`` is planned (without a
+            plan: given). An attack asked for later gets them then.
+        """
+        need_boxes = self._needs_boxes() if need_boxes is None else need_boxes
+        if self._originals is None or (need_boxes and not self._boxes_known):
+            tasks = [(key, str(self.dataset.path(s)), need_boxes)
+                     for key, s in self.samples.items()]
+            results = self._finish(self._map(_original_chip, tasks), role="original",
+                                   variant=None, record=self._originals is None)
+            self._originals = {r.key: r for r in results}
+            self._boxes_known = need_boxes
         return self._originals
+
+    def _face_box(self, key: str) -> tuple[int, int, int, int] | None:
+        """The original's face box ``(x, y, w, h)`` (the face the recognizer encoded)."""
+        return _xywh(self.originals()[key].encoding.box)
 
     def plan(self, cases: Iterable[Case | Variant]) -> None:
         """Say which cases (or variants) will be asked for, in order.
 
-        Their methods are made now, so that the worker pool starts with all of them; and
-        while the results of one variant are being stored and compared, the workers
-        already anonymize and encode the next one instead of waiting.
+        Their methods and attacks are made now, so that the worker pool starts with all
+        of them; each variant's images are attacked by every attack of its cases in the
+        task that makes them, each attack on the sides its modes anonymize; and while the
+        results of one variant are being stored and compared, the workers already
+        anonymize and attack the next one instead of waiting. A bare variant means the
+        ``detect`` attack on both sides.
         """
-        variants = (c.variant if isinstance(c, Case) else c for c in cases)
-        self._plan = list(dict.fromkeys(self.canonical(v) for v in variants if v is not None))
+        plan: dict[Variant, dict[str, set[str]]] = {}
+        for item in cases:
+            if isinstance(item, Case):
+                if item.variant is None:
+                    continue
+                variant, attack, sides = item.variant, item.attack, mode_sides(item.mode)
+            else:
+                variant, attack, sides = item, DEFAULT_ATTACK, set(SIDES)
+            self.attack(attack)
+            plan.setdefault(self.canonical(variant), {}).setdefault(attack, set()).update(sides)
+        self._plan_sides = plan
+        self._plan = list(plan)
 
-    def _start_variant(self, variant: Variant) -> Iterator[Encoded]:
+    def _jobs(self, sides_by_attack: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
+        """image key -> the attacks that process it, from attack -> sides."""
+        jobs: dict[str, list[str]] = {}
+        for attack, sides in sides_by_attack.items():
+            for side in SIDES:
+                if side in sides:
+                    for key in self._side_keys[side]:
+                        jobs.setdefault(key, []).append(attack)
+        return jobs
+
+    def _prepared_attack(self, variant: Variant, name: str) -> Attack:
+        """The attack called ``name``, prepared for ``variant`` (in this process, once)."""
+        if (variant, name) not in self._prepared:
+            attack = copy.copy(self.attack(name))  # prepare() may keep per-variant state
+            attack.check_method(variant.method, variant.k)
+            attack.prepare(method=variant.method, k=variant.k, seed=self.settings.seed,
+                           data_root=self.data_root)
+            record = attack.training_record()
+            if record is not None:
+                self._unstored_trainings.append({"method": variant.method, "k": variant.k,
+                                                 "attack": name, "record": record})
+            self._prepared[(variant, name)] = attack
+        return self._prepared[(variant, name)]
+
+    def _start_variant(self, variant: Variant,
+                       jobs: Mapping[str, Sequence[str]]) -> Iterator[Encoded]:
+        """Make ``variant``'s images of the keys in ``jobs`` and attack each with its
+        attacks, in the worker pool."""
         method = self.method(variant.method)
-        if needs_whole_set(method):
-            return self._map(_array_chip, self._anonymize_sets(method, variant))
         originals = self.originals()
-        tasks = [
-            (key, str(self.dataset.path(s)), originals[key].boxes, variant)
-            for key, s in self.samples.items()
-        ]
+        prepared = {name: self._prepared_attack(variant, name)
+                    for name in dict.fromkeys(itertools.chain.from_iterable(jobs.values()))}
+
+        def job(key: str) -> _AttackTask:
+            return _AttackTask(tuple(originals[key].boxes), self._face_box(key),
+                               tuple(prepared[name] for name in jobs[key]))
+
+        if needs_whole_set(method):
+            return self._map(_array_chip, [
+                (key, image, seconds, variant, job(key))
+                for key, image, seconds in self._anonymize_sets(method, variant)
+                if key in jobs])
+        tasks = [(key, str(self.dataset.path(self.samples[key])), variant, job(key))
+                 for key in self.samples if key in jobs]
         return self._map(_variant_chip, tasks)
+
+    def _planned_jobs(self, variant: Variant) -> dict[str, list[str]]:
+        return self._jobs(self._plan_sides.get(variant) or {DEFAULT_ATTACK: SIDES})
 
     def _prefetch_after(self, current: Variant) -> None:
         if current not in self._plan or self.workers <= 1:
@@ -485,21 +708,50 @@ class Evaluation:
         upcoming = following[0]
         # Set methods anonymize in this process; starting them early would only block.
         if not needs_whole_set(self.method(upcoming.method)):
-            self._pending[upcoming] = self._start_variant(upcoming)
+            self._pending[upcoming] = self._start_variant(upcoming,
+                                                          self._planned_jobs(upcoming))
 
-    def variant(self, variant: Variant) -> dict[str, Encoded]:
-        """Anonymize every image with ``variant`` once, and encode the results."""
+    def _encodings(self, variant: Variant, results: Iterable[Encoded],
+                   into: dict[str, dict[str, Encoded]]) -> None:
+        for result in self._finish(results, role="anonymized", variant=variant):
+            into.setdefault(result.attack, {})[result.key] = result
+
+    def variant(self, variant: Variant, *, attack: str = DEFAULT_ATTACK,
+                sides: Iterable[str] = SIDES) -> dict[str, Encoded]:
+        """``variant``'s images on ``sides`` as ``attack`` encoded them.
+
+        The first call for a variant anonymizes its images once and runs every attack
+        planned for it (:meth:`plan`) in the same worker task; an attack or a side that
+        was not planned is made when asked for (the same pixels again: the seed rule).
+
+        Returns
+        -------
+        dict
+            image key -> :class:`Encoded`, for the images of ``sides`` (and any other
+            side the attack already processed).
+        """
         variant = self.canonical(variant)
-        if variant in self._variants:
-            return self._variants[variant]
-        self.originals()
-        results = self._pending.pop(variant, None)
-        if results is None:
-            results = self._start_variant(variant)
-        self._prefetch_after(variant)
-        encoded = self._finish(results, role="anonymized", variant=variant)
-        self._variants = {variant: encoded}  # keep one variant: bounded memory
-        return encoded
+        made = self._variants.get(variant)
+        if made is None:
+            self.originals()
+            results = self._pending.pop(variant, None)
+            if results is None:
+                results = self._start_variant(variant, self._planned_jobs(variant))
+            self._prefetch_after(variant)
+            made = {}
+            self._encodings(variant, results, made)
+            self._variants = {variant: made}  # keep one variant: bounded memory
+            # prepared attacks are kept for the variants still to come only
+            self._prepared = {key: value for key, value in self._prepared.items()
+                              if key[0] == variant or key[0] in self._pending}
+        have = made.get(attack, {})
+        wanted = {attack: [side for side in SIDES if side in set(sides)
+                           and any(k not in have for k in self._side_keys[side])]}
+        if wanted[attack]:
+            if attack != DEFAULT_ATTACK:
+                self.originals(need_boxes=True)
+            self._encodings(variant, self._start_variant(variant, self._jobs(wanted)), made)
+        return made.get(attack, {})
 
     def _anonymize_sets(self, method: Method, variant: Variant) -> list:
         # A set method sees the gallery and the probes as two separate sets, as a
@@ -530,10 +782,14 @@ class Evaluation:
             The case with its ``k`` as checked by its method, its scores, and the seconds
             per image it took to anonymize and encode.
         """
-        originals = self.originals()
         variant = None if case.variant is None else self.canonical(case.variant)
-        anonymized = originals if variant is None else self.variant(variant)
-        case = Case(case.method, None if variant is None else variant.k, case.mode)
+        if variant is not None:  # an inapplicable attack fails before any work
+            self.attack(case.attack).check_method(variant.method, variant.k)
+        originals = self.originals()
+        anonymized = originals if variant is None else self.variant(
+            variant, attack=case.attack, sides=mode_sides(case.mode))
+        case = Case(case.method, None if variant is None else variant.k, case.mode,
+                    case.attack)
         gallery_side = anonymized if case.mode.gallery_anonymized else originals
         probe_side = anonymized if case.mode.probes_anonymized else originals
         gallery, probes = self.split.gallery, self.split.probes
@@ -557,19 +813,24 @@ class Evaluation:
         }
         used = [*(probe_side[p.key] for p in probes), *(gallery_side[g.key] for g in gallery)]
         per_image = {
-            "anonymize": [] if variant is None else [r.anonymize_seconds
-                                                     for r in anonymized.values()],
+            "anonymize": [] if variant is None else [anonymized[key].anonymize_seconds
+                                                     for key in self._anonymized_keys(case)],
             "recognize": [r.encode_seconds for r in used if r.encode_seconds > 0],
         }
         return ComparedCase(case, scores, per_image)
 
+    def _anonymized_keys(self, case: Case) -> list[str]:
+        """The images a case's attack processed: those of the sides its mode anonymizes."""
+        sides = mode_sides(case.mode)
+        return [key for side in SIDES if side in sides for key in self._side_keys[side]]
+
     def store(self, compared: ComparedCase, *, timings=()) -> CaseResult:
         """Store a compared case in ONE transaction (:meth:`ResultsDB.write_case`).
 
-        The case's row, its scores, its timings and the image rows made since the last
-        case was stored (the originals with the first case, a variant's images with its
-        first case) are written together: a process killed at any moment leaves the case
-        complete or absent.
+        The case's row, its scores, its timings, the image rows made since the last case
+        was stored (the originals with the first case, a variant's images with its first
+        case) and the training records of attacks prepared since then are written
+        together: a process killed at any moment leaves the case complete or absent.
 
         Parameters
         ----------
@@ -593,14 +854,17 @@ class Evaluation:
             method=case.stored_method,
             k=case.k,
             mode=case.mode.value,
+            attack=case.attack,
             detector=self.settings.detector,
             backend=self.backend.name,
             options={"region": self.settings.region, "margin": self.settings.margin},
             scores=compared.scores,
             images=images,
             timings=list(timings) or None,
+            attack_trainings=self._unstored_trainings or None,
         )
         self._unstored_images = []
+        self._unstored_trainings = []
         return CaseResult(case_id, case, compared.per_image)
 
     def run_case(self, case: Case, *, timings=()) -> CaseResult:

@@ -20,11 +20,12 @@ Every other module speaks these terms instead of spelling them again:
     Its images are made once and shared by every mode.
 
 ``Case``
-    One measured cell: a variant (none for the clear baseline) in one mode. Its
-    :attr:`Case.label` is the benchmark test id and the name bounds match:
-    ``clear``, ``blur-k15-naive``, ``blackout-parrot``. A further axis (e.g. an attack)
-    is a new field whose label part is appended, so ``noise-k30-naive-median`` reads
-    like the others and every existing label stays as it is.
+    One measured cell: a variant (none for the clear baseline) in one mode, seen by one
+    attacker (:mod:`faceanon.attacks`). Its :attr:`Case.label` is the benchmark test id
+    and the name bounds match: ``clear``, ``blur-k15-naive``, ``blackout-parrot``. The
+    attack is appended when it is not the default ``detect``, so
+    ``noise-k30-naive-median`` reads like the others and every existing label stays as
+    it is.
 
 ``image_rng`` / ``set_rng``
     THE per-image seed rule: the generator depends only on (seed, method, k, image key),
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DECISION_THRESHOLD",
+    "DEFAULT_ATTACK",
     "MODES",
     "NO_METHOD",
     "Case",
@@ -74,6 +76,10 @@ DECISION_THRESHOLD = 0.6
 
 #: What the results database records as the method of the clear baseline.
 NO_METHOD = "none"
+
+#: The attack of a case that names none: the recognizer's own detector on the published
+#: image, the seed study's attacker (:data:`faceanon.attacks.DEFAULT_ATTACK`).
+DEFAULT_ATTACK = "detect"
 
 
 class CaseError(FaceanonError, ValueError):
@@ -184,7 +190,7 @@ class Variant:
 
 @dataclass(frozen=True)
 class Case:
-    """One measured cell: a method at a strength, in one recognition mode.
+    """One measured cell: a method at a strength, in one recognition mode, one attack.
 
     Parameters
     ----------
@@ -194,20 +200,30 @@ class Case:
         The method's strength; None for methods without one (and for the baseline).
     mode : Mode or str
         Converted to :class:`Mode`.
+    attack : str
+        The :mod:`faceanon.attacks` name of what the attacker runs on the anonymized
+        images; default :data:`DEFAULT_ATTACK`. The clear baseline anonymizes nothing, so
+        it has only the default.
 
     Raises
     ------
     CaseError
-        When the mode is unknown, or the clear mode is given a method, or another mode
-        none.
+        When the mode is unknown, or the clear mode is given a method or an attack, or
+        another mode no method, or the attack is not a non-empty name.
     """
 
     method: str | None
     k: int | None
     mode: Mode
+    attack: str = DEFAULT_ATTACK
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode.parse(self.mode))
+        if not isinstance(self.attack, str) or not self.attack:
+            raise CaseError(f"a case's attack must be a non-empty name, got {self.attack!r}")
+        if self.mode is Mode.CLEAR and self.attack != DEFAULT_ATTACK:
+            raise CaseError(f"the clear baseline attacks nothing: its attack is "
+                            f"{DEFAULT_ATTACK!r}, not {self.attack!r}")
         if (self.mode is Mode.CLEAR) != (self.method is None):
             raise CaseError("the clear mode takes no method, and every other mode needs one")
         if self.method is None and self.k is not None:
@@ -231,11 +247,12 @@ class Case:
     def label_parts(self) -> list[str]:
         """The parts of :attr:`label`, one per axis that has a value, in axis order."""
         variant = self.variant
-        return [*([] if variant is None else [variant.label]), self.mode.value]
+        attack = [] if self.attack == DEFAULT_ATTACK else [self.attack]
+        return [*([] if variant is None else [variant.label]), self.mode.value, *attack]
 
     @property
     def label(self) -> str:
-        """The readable id: ``clear``, ``blur-k15-naive``, ``blackout-parrot``."""
+        """The readable id: ``clear``, ``blur-k15-naive``, ``noise-k30-naive-median``."""
         return "-".join(self.label_parts())
 
 

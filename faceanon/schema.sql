@@ -1,4 +1,4 @@
--- faceanon results database: tables, schema version 2.
+-- faceanon results database: tables, schema version 3.
 --
 -- Executed by faceanon.store.ResultsDB once, when it creates a new database. A database
 -- written by an older faceanon is upgraded in place by the migrations in store.py (they
@@ -16,7 +16,7 @@
 CREATE TABLE schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version VALUES (2);
+INSERT INTO schema_version VALUES (3);
 
 CREATE SEQUENCE runs_id_seq START 1;
 CREATE SEQUENCE cases_id_seq START 1;
@@ -58,7 +58,9 @@ CREATE TABLE cases (
     options  JSON
 );
 
--- Per original or anonymized image of a run.
+-- Per original or anonymized image of a run; an anonymized image has one row per attack
+-- that processed it (acquired and faces_found are what that attack found; sha256 is the
+-- published image's, the same for every attack).
 CREATE TABLE images (
     run_id      BIGINT NOT NULL,
     key         VARCHAR NOT NULL,                    -- dataset image key
@@ -68,7 +70,18 @@ CREATE TABLE images (
     sha256      VARCHAR,
     acquired    BOOLEAN,                             -- an embedding could be computed
     faces_found INTEGER,
-    backend     VARCHAR
+    backend     VARCHAR,
+    attack      VARCHAR NOT NULL DEFAULT 'detect'     -- faceanon.attacks name; originals 'detect'
+);
+
+-- What an attack that learns (faceanon.attacks.Attack.prepare) learned from, per (run,
+-- method, k, attack): Attack.training_record(), e.g. its data split, settings, loss curve.
+CREATE TABLE attack_trainings (
+    run_id BIGINT NOT NULL,
+    method VARCHAR NOT NULL,
+    k      BIGINT,
+    attack VARCHAR NOT NULL,
+    record JSON
 );
 
 -- One comparison (probe vs gallery image) of a case. Distance lower = more similar;

@@ -73,12 +73,20 @@ DEFAULT_THRESHOLD = DECISION_THRESHOLD
 #: the decision threshold and 0.575, the threshold of the seed study's DeepPrivacy table.
 CONFUSION_THRESHOLDS = (DECISION_THRESHOLD, 0.575)
 #: The schema version this faceanon writes and reads (``schema.sql``).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RUN_STATUSES = ("running", "complete", "failed", "interrupted", "crashed")
 FINAL_STATUSES = ("complete", "failed", "interrupted")
-IMAGE_COLUMNS = ("key", "role", "method", "k", "sha256", "acquired", "faces_found", "backend")
+IMAGE_COLUMNS = ("key", "role", "method", "k", "sha256", "acquired", "faces_found", "backend",
+                 "attack")
 TIMING_COLUMNS = ("name", "min", "max", "median", "mean", "stddev", "rounds", "unit")
 SCORE_COLUMNS = ("probe", "gallery", "mated", "distance", "probe_acquired", "gallery_enrolled")
+
+#: Held while this process opens or closes a connection to a database file. DuckDB (2.0.1)
+#: loses its Python table functions when a connection is opened or closed in one thread
+#: while another thread's query scans a Python object: "Table Function with name
+#: python_arrow_scan does not exist" (185 of 3000 inserts beside a thread that opens and
+#: closes connections, none with this lock). The heartbeat thread does exactly that.
+_CONNECTING = threading.Lock()
 
 #: Seconds a reader waits for a locked database before giving up (ResultsDB(read_only=True)).
 READ_LOCK_TIMEOUT = 30.0
@@ -302,8 +310,21 @@ def _migrate_1_to_2(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("INSERT INTO schema_version VALUES (2)")
 
 
+def _migrate_2_to_3(con: duckdb.DuckDBPyConnection) -> None:
+    """Version 2 to 3: the attack axis reaches the images. Idempotent.
+
+    - ``images`` gains ``attack``: ``'detect'`` for every earlier row, the only attacker
+      before the axis.
+    - ``attack_trainings`` (empty): what a learning attack learned from, per case group.
+    """
+    con.execute("ALTER TABLE images ADD COLUMN IF NOT EXISTS attack VARCHAR DEFAULT 'detect'")
+    found = re.search(r"CREATE TABLE attack_trainings \(.*?\n\);", _sql("schema.sql"), re.S)
+    con.execute(found.group(0).replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
+    con.execute("UPDATE schema_version SET version = 3")
+
+
 #: version -> the function that upgrades a database of that version to the next one.
-_MIGRATIONS = {1: _migrate_1_to_2}
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 def _create(con: duckdb.DuckDBPyConnection) -> None:
@@ -382,6 +403,10 @@ class ResultsDB:
         self._beating: set[int] = set()
         self._beat_stop = threading.Event()
         self._beat_thread: threading.Thread | None = None
+        # One writer at a time in this process: the heartbeat's UPDATE of a run row and a
+        # case's transaction (which refreshes the same row) otherwise conflict in DuckDB
+        # ("Conflict on update!"), failing the case.
+        self._writing = threading.RLock()
         if self._memory:
             if read_only:
                 raise ValueError("an in-memory database cannot be opened read-only")
@@ -433,7 +458,8 @@ class ResultsDB:
         delay = 0.01
         while True:
             try:
-                return duckdb.connect(self.path, read_only=read_only)
+                with _CONNECTING:
+                    return duckdb.connect(self.path, read_only=read_only)
             except duckdb.IOException as error:
                 if "Could not set lock" not in str(error):
                     raise StoreError(f"{self.path}: cannot open the results database "
@@ -469,9 +495,18 @@ class ResultsDB:
     @contextmanager
     def _connect(self, *, write: bool = False, views: bool = False,
                  timeout: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One batch of work: a connection opened for it and closed after it."""
+        """One batch of work: a connection opened for it and closed after it (a writer's
+        batches one at a time: see ``_writing``)."""
         if write and self.read_only:
             raise StoreError(f"{self.path} was opened read-only")
+        if write:
+            with self._writing:
+                yield from self._connection(views=views, timeout=timeout)
+        else:
+            yield from self._connection(views=views, timeout=timeout)
+
+    def _connection(self, *, views: bool,
+                    timeout: float | None) -> Iterator[duckdb.DuckDBPyConnection]:
         if self._con is not None:
             if threading.current_thread() is threading.main_thread():
                 yield self._con
@@ -492,7 +527,8 @@ class ResultsDB:
                 con.execute(_sql("metrics.sql"))
             yield con
         finally:
-            con.close()
+            with _CONNECTING:
+                con.close()
 
     @contextmanager
     def _transaction(self, **options) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -540,7 +576,8 @@ class ResultsDB:
                 con.execute("ROLLBACK")
                 raise
         finally:
-            con.close()
+            with _CONNECTING:
+                con.close()
 
     def _check_known(self, version: int) -> None:
         if version > SCHEMA_VERSION:
@@ -791,6 +828,7 @@ class ResultsDB:
         scores: Mapping[str, Any],
         images: Mapping[str, Sequence] | None = None,
         timings: Sequence[Mapping] | None = None,
+        attack_trainings: Sequence[Mapping] | None = None,
     ) -> int:
         """Record one case with its scores, images and timings in ONE transaction.
 
@@ -809,12 +847,17 @@ class ResultsDB:
             Image rows of the run, as in :meth:`add_images`.
         timings : sequence of mapping, optional
             As in :meth:`add_timings`.
+        attack_trainings : sequence of mapping, optional
+            Rows of ``attack_trainings`` of the run, each with ``method``, ``k``,
+            ``attack`` and ``record`` (a JSON-serializable mapping): what a learning
+            attack learned from (:meth:`faceanon.attacks.Attack.training_record`).
 
         Returns
         -------
         int
             The case id.
         """
+        trainings = [self._training_row(run_id, row) for row in attack_trainings or ()]
         case_row = self._case_row(run_id, method, k, mode, detector, backend, options,
                                   attack)
         unknown = set(scores) - set(SCORE_COLUMNS)
@@ -833,8 +876,32 @@ class ResultsDB:
             if timing_table is not None:
                 self._insert(con, "INSERT INTO timings BY NAME SELECT ? AS case_id, * "
                                   "FROM _rows", timing_table, [case_id])
+            if trainings:
+                con.executemany("INSERT INTO attack_trainings (run_id, method, k, attack, "
+                                "record) VALUES (?, ?, ?, ?, ?)", trainings)
             con.execute("UPDATE runs SET heartbeat = ? WHERE id = ?", [_now(), run_id])
         return case_id
+
+    @staticmethod
+    def _training_row(run_id: int, row: Mapping) -> list:
+        if set(row) != {"method", "k", "attack", "record"}:
+            raise ValueError(f"an attack_trainings row has method, k, attack and record, "
+                             f"got {sorted(row)}")
+        if not isinstance(row["record"], Mapping):
+            raise ValueError(f"attack {row['attack']!r}: its training record must be a "
+                             f"mapping, got {type(row['record']).__name__}")
+        k = None if row["k"] is None else int(row["k"])
+        return [run_id, str(row["method"]), k, str(row["attack"]), _json(dict(row["record"]))]
+
+    def attack_trainings(self, run_id: int) -> list[dict]:
+        """The training records of a run's learning attacks (``method``, ``k``, ``attack``,
+        ``record`` as a dict), ordered by method, k and attack."""
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT method, k, attack, record FROM attack_trainings WHERE run_id = ? "
+                "ORDER BY method, k NULLS FIRST, attack", [run_id]).fetchall()
+        return [{"method": m, "k": k, "attack": a, "record": json.loads(r)}
+                for m, k, a, r in rows]
 
     # -- bulk data -------------------------------------------------------------------
 
@@ -916,7 +983,7 @@ class ResultsDB:
             raise ValueError(f"image columns differ in length: {lengths}")
         types = {"key": pa.string(), "role": pa.string(), "method": pa.string(),
                  "k": pa.int64(), "sha256": pa.string(), "acquired": pa.bool_(),
-                 "faces_found": pa.int32(), "backend": pa.string()}
+                 "faces_found": pa.int32(), "backend": pa.string(), "attack": pa.string()}
         columns = {"run_id": pa.array(np.full(n, run_id, dtype=np.int64))}
         for name, values in rows.items():
             values = list(values) if not isinstance(values, np.ndarray) else values.tolist()
@@ -931,8 +998,10 @@ class ResultsDB:
         run_id : int
         rows : mapping of column name to sequence
             Columns ``key``, ``role`` ('original' | 'anonymized'), ``method``, ``k``,
-            ``sha256``, ``acquired``, ``faces_found``, ``backend``; all of equal length.
-            ``key`` and ``role`` are required; missing optional columns are NULL.
+            ``sha256``, ``acquired``, ``faces_found``, ``backend``, ``attack``; all of
+            equal length. ``key`` and ``role`` are required; missing optional columns are
+            NULL, except ``attack``, which is ``'detect'`` (an anonymized image has one row
+            per attack that processed it, with what that attack found).
         """
         table = self._images_table(run_id, rows)
         with self._connect(write=True) as con:
@@ -1190,6 +1259,7 @@ class ResultsDB:
                 f"DELETE FROM scores WHERE case_id IN {cases}",
                 f"DELETE FROM timings WHERE case_id IN {cases}",
                 "DELETE FROM images WHERE run_id = $run",
+                "DELETE FROM attack_trainings WHERE run_id = $run",
                 "DELETE FROM cases WHERE run_id = $run",
                 "DELETE FROM runs WHERE id = $run",
             ):

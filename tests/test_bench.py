@@ -59,6 +59,24 @@ def test_case_labels_are_readable_and_selectable():
         "blur-k15", "blur-k90", "mask"]
 
 
+def test_cases_cross_the_grid_with_the_attacks_that_apply():
+    attacked = cases("smoke", attacks="cheap")
+    labels = [c.label for c in attacked]
+    assert labels.count("clear") == 1 and len(labels) == len(set(labels))
+    assert {"noise-k30-naive", "noise-k30-naive-median", "mask-naive-located",
+            "blur-k15-reverse-deblur", "pixelate-k10-parrot-unpixelate"} <= set(labels)
+    # an attack runs only on the methods it undoes
+    assert not [c for c in attacked if c.attack == "deblur" and c.method != "blur"]
+    assert not [c for c in attacked if c.attack == "unpixelate" and c.method != "pixelate"]
+    # the cases of a variant are consecutive: the pipeline keeps one variant at a time
+    order = [c.variant for c in attacked if c.variant is not None]
+    assert order == sorted(order, key=order.index)
+    assert [c.label for c in cases("smoke")] == [c.label for c in attacked
+                                                 if c.attack == "detect"]
+    everything = {c.attack for c in cases("smoke", attacks="all")}
+    assert {"detect:retinaface", "detect:cnn"} <= everything
+
+
 SELECTION_BOUNDS = """
 # the clear baseline and blur are not selected by -k pixelate: no error, not checked
 [[bound]]
@@ -82,7 +100,7 @@ def test_k_selection_writes_only_those_cases(lfw, tmp_path):
     bounds = tmp_path / "bounds.toml"
     bounds.write_text(SELECTION_BOUNDS)
     result = run_bench(tmp_path, "-k", "pixelate", "--bench-data", str(lfw.root),
-                       "--bench-thresholds", str(bounds))
+                       "--bench-thresholds", str(bounds), "--bench-attacks", "detect")
     assert result.returncode == 0, result.stdout + result.stderr
     with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as con:
         methods = {m for (m,) in con.execute("SELECT DISTINCT method FROM cases").fetchall()}
@@ -149,14 +167,17 @@ faceanon.methods.Blur.anonymize = unchanged
 def test_a_method_that_changes_nothing_fails_every_case(lfw, tmp_path):
     result = run_bench(tmp_path, "-k", "test_privacy", "--bench-methods", "blur",
                        "--bench-k", "15", "--bench-modes", "naive,reverse",
+                       "--bench-attacks", "detect,median",
                        "--bench-workers", "1", "--bench-data", str(lfw.root),
                        plugins={"identity": IDENTITY_BLUR})
     assert result.returncode == pytest.ExitCode.TESTS_FAILED, result.stdout + result.stderr
     out = result.stdout
-    for label in ("blur-k15-naive", "blur-k15-reverse"):
+    # every attack's case fails too: each counts the images its attack processed
+    for label in ("blur-k15-naive", "blur-k15-reverse", "blur-k15-naive-median",
+                  "blur-k15-reverse-median"):
         assert (f"{label}: 8 of 8 anonymized images are identical to their originals"
                 in out), out
-    assert "2 failed" in out
+    assert "4 failed" in out
     with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as con:
         # the cases were measured and stored: they failed a check, not the run
         assert con.execute("SELECT status FROM runs").fetchall() == [("complete",)]
@@ -183,7 +204,7 @@ def test_bounds_name_metric_bound_and_value(tmp_path):
 
 def test_every_ci_bound_matches_a_smoke_case_and_can_fail():
     bounds = load_bounds(ROOT / "bench" / "thresholds.toml")
-    check_patterns(bounds, [c.label for c in cases("smoke")], source="thresholds.toml",
+    check_patterns(bounds, cases("smoke", attacks="all"), source="thresholds.toml",
                    grid="smoke")
     for bound in bounds:
         # rates lie in [0, 1]: a min of 0 or a max of 1 could never fail
@@ -210,8 +231,8 @@ def test_min_acquired_fails_an_eer_that_rests_on_too_few_faces():
     ('case = "clear"\nmetric = "eer"\nmin = 0.5\nmax = 0.1\n', "every value fails"),
     ('case = "clear"\nmetric = "eer"\nmax = 0.1\nmin_acquired = 0\n',
      "min_acquired must be a whole number >= 1"),
-    ('case = "clear"\nmetric = "eer"\nmax = 0.1\nattack = "median"\n',
-     "attack 'median' is not one this faceanon measures (detect)"),
+    ('case = "clear"\nmetric = "eer"\nmax = 0.1\nattack = "guess"\n',
+     "attack 'guess' is not a registered attack (detect, located, median"),
 ])
 def test_a_bound_that_cannot_be_checked_is_an_error(tmp_path, text, message):
     broken = tmp_path / "broken.toml"
@@ -220,8 +241,65 @@ def test_a_bound_that_cannot_be_checked_is_an_error(tmp_path, text, message):
         load_bounds(broken)
     attack = tmp_path / "attack.toml"
     attack.write_text('[[bound]]\ncase = "clear"\nmetric = "eer"\nmax = 0.1\n'
-                      'attack = "detect"\n')
-    assert load_bounds(attack)[0]["attack"] == "detect"
+                      'attack = "median"\n')
+    assert load_bounds(attack)[0]["attack"] == "median"
+
+
+def test_a_bound_checks_only_the_cases_of_its_attack():
+    bounds = [{"case": "mask-*", "metric": "rank1", "max": 0.2},
+              {"case": "mask-naive-located", "metric": "rank1", "min": 0.25,
+               "attack": "located"}]
+    # today's mask-* bound (detect) does not swallow the located attack's case
+    assert check_bounds("mask-naive-located", {"rank1": 0.4}, bounds, attack="located") == []
+    (problem,) = check_bounds("mask-naive-located", {"rank1": 0.1}, bounds, attack="located")
+    assert "below its bound 0.25" in problem
+    (problem,) = check_bounds("mask-naive", {"rank1": 0.4}, bounds)
+    assert "above its bound 0.2" in problem
+    # a pattern must match a case of its own attack
+    smoke = cases("smoke", attacks="all")
+    check_patterns(bounds, smoke, source="b.toml", grid="smoke")
+    wrong = [{"case": "mask-naive-located", "metric": "rank1", "min": 0.25}]
+    with pytest.raises(BoundsError, match=r"bound\(s\) 1 \('mask-naive-located'\) match no"):
+        check_patterns(wrong, smoke, source="b.toml", grid="smoke")
+    deblur = [{"case": "mask-*", "metric": "rank1", "max": 0.2, "attack": "deblur"}]
+    with pytest.raises(BoundsError, match="attack 'deblur'"):
+        check_patterns(deblur, smoke, source="b.toml", grid="smoke")
+
+
+ATTACK_BOUNDS = """
+[[bound]]
+case = "noise-k30-*"
+metric = "rank1"
+max = -1.0
+
+[[bound]]
+case = "noise-k30-naive-median"
+metric = "rank1"
+attack = "median"
+max = -1.0
+"""
+
+
+def test_k_selects_cases_by_attack_and_bounds_follow_the_attack(lfw, tmp_path):
+    bounds = tmp_path / "bounds.toml"
+    bounds.write_text(ATTACK_BOUNDS)
+    result = run_bench(tmp_path, "-k", "test_privacy and median", "--bench-methods", "noise",
+                       "--bench-k", "30", "--bench-modes", "naive,reverse",
+                       "--bench-data", str(lfw.root), "--bench-thresholds", str(bounds))
+    out = result.stdout
+    assert result.returncode == pytest.ExitCode.TESTS_FAILED, out + result.stderr
+    assert "test_privacy[noise-k30-naive-median]" in out and "1 failed, 1 passed" in out
+    assert "noise-k30-naive-median: rank1 = " in out and "above its bound -1.0" in out
+    with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as con:
+        stored = con.execute("SELECT mode, attack FROM cases ORDER BY id").fetchall()
+        (config,) = con.execute("SELECT config FROM runs").fetchone()
+        images = con.execute("SELECT attack, count(*) FROM images WHERE role = 'anonymized' "
+                             "GROUP BY ALL").fetchall()
+    assert stored == [("naive", "median"), ("reverse", "median")]
+    attacks = json.loads(config)["attacks"]
+    assert set(attacks) == {"detect", "located", "median", "deblur", "unpixelate", "sharpen"}
+    assert attacks["median"]["options"] == {"size": 5}
+    assert images == [("median", 8)], "only the attack -k selected ran, on both sides"
 
 
 def test_a_pattern_that_matches_no_case_of_the_grid_is_an_error(lfw, tmp_path):
@@ -318,12 +396,15 @@ def test_another_project_benchmarks_its_own_method(lfw, tmp_path):
                         "--benchmark-disable", tmp_path=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     with duckdb.connect(str(db), read_only=True) as con:
-        cases_stored = con.execute("SELECT method, k, mode FROM cases ORDER BY id").fetchall()
+        cases_stored = con.execute("SELECT method, k, mode, attack FROM cases ORDER BY id"
+                                   ).fetchall()
         status = con.execute("SELECT status FROM runs").fetchall()
-    assert cases_stored[0] == ("none", None, "clear")
-    assert {(m, k) for m, k, _ in cases_stored[1:]} == {("posterize", 2), ("posterize", 4)}
-    assert len(cases_stored) == 7 and status == [("complete",)]
-    assert "10 passed" in result.stdout  # 7 cases, 2 variants' speed, the recognizer's
+    assert cases_stored[0] == ("none", None, "clear", "detect")
+    assert {(m, k) for m, k, _, _ in cases_stored[1:]} == {("posterize", 2), ("posterize", 4)}
+    # the cheap attacks that apply to any method (deblur and unpixelate undo one each)
+    assert {a for *_, a in cases_stored} == {"detect", "located", "median", "sharpen"}
+    assert len(cases_stored) == 1 + 2 * 3 * 4 and status == [("complete",)]
+    assert "28 passed" in result.stdout  # 25 cases, 2 variants' speed, the recognizer's
     assert not list(project.glob("conftest.py")), "no conftest: the plugin did everything"
 
 

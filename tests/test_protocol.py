@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
@@ -66,17 +65,22 @@ def test_variant_labels():
     assert Variant("mask").label == "mask"
 
 
-def test_a_further_axis_appends_its_part_to_the_label():
-    # How the attack axis drops in: a field, and its part after the mode's.
-    @dataclass(frozen=True)
-    class AttackedCase(Case):
-        attack: str | None = None
+def test_the_attack_is_appended_to_the_label_unless_it_is_the_default():
+    assert Case("noise", 30, "naive", "median").label == "noise-k30-naive-median"
+    assert Case("mask", None, "naive", "located").label == "mask-naive-located"
+    assert Case("noise", 30, "naive").label == "noise-k30-naive"
+    assert Case("noise", 30, "naive", "detect") == Case("noise", 30, "naive")
+    assert Case("noise", 30, "naive", "median") != Case("noise", 30, "naive")
+    # the variant is shared by every attack: it is anonymized once
+    assert Case("noise", 30, "naive", "median").variant == Variant("noise", 30)
 
-        def label_parts(self):
-            return [*super().label_parts(), *([self.attack] if self.attack else [])]
 
-    assert AttackedCase("noise", 30, "naive", "median").label == "noise-k30-naive-median"
-    assert AttackedCase("noise", 30, "naive").label == Case("noise", 30, "naive").label
+def test_the_clear_baseline_has_only_the_default_attack():
+    assert Case.clear().attack == "detect"
+    with pytest.raises(CaseError, match="attacks nothing"):
+        Case(None, None, "clear", "median")
+    with pytest.raises(CaseError, match="non-empty"):
+        Case("noise", 30, "naive", "")
 
 
 def test_bad_cases_are_refused():

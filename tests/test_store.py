@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from faceanon.store import (
 )
 
 TABLES = {"runs", "cases", "images", "scores", "embeddings", "timings", "schema_version",
-          "confusion_thresholds"}
+          "confusion_thresholds", "attack_trainings"}
 VIEWS = {"case_metrics", "confusion", "det_curve"}
 
 
@@ -484,7 +485,8 @@ def test_old_database_is_upgraded_in_place(db_path):
         assert (metrics[2]["fmr"], metrics[2]["fnmr"]) == (0.5, 0.0)
         # the cache did not say which model computed it: emptied, never reused
         assert db.con.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 0
-        assert db.con.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert db.con.execute("SELECT version FROM schema_version").fetchall() == [
+            (SCHEMA_VERSION,)]
         assert _start(db) == 4
     with ResultsDB(db_path, read_only=True) as db:
         assert [r["id"] for r in db.runs()] == [4, 3, 2, 1]
@@ -530,7 +532,7 @@ def test_failed_upgrade_changes_nothing(db_path, monkeypatch):
 def test_newer_or_foreign_databases_are_refused(db_path, tmp_path):
     ResultsDB(db_path).close()
     con = duckdb.connect(str(db_path))
-    con.execute("UPDATE schema_version SET version = 3")
+    con.execute("UPDATE schema_version SET version = ?", [SCHEMA_VERSION + 1])
     con.close()
     for read_only in (False, True):
         with pytest.raises(SchemaVersionError, match="newer faceanon.*upgrade faceanon"):
@@ -742,3 +744,142 @@ def test_heartbeat_is_refreshed_while_a_run_is_open(db_path):
         assert db.run(run)["heartbeat"] == finished       # no beats after the run ended
     finally:
         db.close()
+
+
+# -- the attack axis (schema version 3) ---------------------------------------------------
+
+
+def _scores_2x2() -> dict:
+    return {"probe": ["pa", "pa", "pb", "pb"], "gallery": ["ga", "gb", "ga", "gb"],
+            "mated": np.array([True, False, False, True]),
+            "distance": np.array([0.2, 0.8, 0.7, 0.3])}
+
+
+def test_unchanged_images_are_counted_per_attack():
+    with ResultsDB(":memory:") as db:
+        run = _start(db)
+        originals = {"key": ["pa", "pb"], "role": ["original"] * 2, "sha256": ["oa", "ob"]}
+        # detect saw both published images; median only the probe pa, and pb was published
+        # unchanged (its sha256 is its original's)
+        detect_rows = {"key": ["pa", "pb"], "role": ["anonymized"] * 2,
+                       "method": ["blur"] * 2, "k": [9] * 2, "sha256": ["xa", "xb"]}
+        median_rows = {"key": ["pb"], "role": ["anonymized"], "method": ["blur"], "k": [9],
+                       "sha256": ["ob"], "attack": ["median"]}
+        detect = db.write_case(run, method="blur", k=9, mode="naive", detector="hog",
+                               backend="dlib", scores=_scores_2x2(), images=originals)
+        db.add_images(run, detect_rows)
+        median = db.write_case(run, method="blur", k=9, mode="naive", detector="hog",
+                               backend="dlib", attack="median", scores=_scores_2x2(),
+                               images=median_rows)
+        rows = {r["case_id"]: r for r in db.case_metrics(run_id=run)}
+        stored = db.con.execute("SELECT key, attack FROM images WHERE role = 'anonymized' "
+                                "ORDER BY attack, key").fetchall()
+    assert stored == [("pa", "detect"), ("pb", "detect"), ("pb", "median")]
+    assert (rows[detect]["n_anonymized"], rows[detect]["n_unchanged"]) == (2, 0)
+    assert (rows[median]["n_anonymized"], rows[median]["n_unchanged"]) == (1, 1)
+
+
+def test_attack_trainings_are_stored_with_their_case_and_deleted_with_their_run():
+    record = {"split": {"train": 3000, "validation": 1038}, "loss": [0.9, 0.5]}
+    with ResultsDB(":memory:") as db:
+        run = _start(db)
+        with pytest.raises(ValueError, match="must be a mapping"):
+            db.write_case(run, method="blur", k=30, mode="naive", detector="hog",
+                          backend="dlib", attack="learned", scores=_scores_2x2(),
+                          attack_trainings=[{"method": "blur", "k": 30, "attack": "learned",
+                                             "record": [1, 2]}])
+        assert db.con.execute("SELECT count(*) FROM cases").fetchone() == (0,)
+        db.write_case(run, method="blur", k=30, mode="naive", detector="hog", backend="dlib",
+                      attack="learned", scores=_scores_2x2(),
+                      attack_trainings=[{"method": "blur", "k": 30, "attack": "learned",
+                                         "record": record}])
+        assert db.attack_trainings(run) == [
+            {"method": "blur", "k": 30, "attack": "learned", "record": record}]
+        db.finish_run(run, "complete")
+        db.delete_run(run)
+        assert db.con.execute("SELECT count(*) FROM attack_trainings").fetchone() == (0,)
+
+
+def _make_v2_database(path) -> None:
+    """A version 2 database: today's tables without images.attack and attack_trainings."""
+    version_3 = (Path(store.__file__).parent / "schema.sql").read_text()
+    version_2 = re.sub(r"CREATE TABLE attack_trainings \(.*?\n\);", "", version_3, flags=re.S)
+    version_2 = re.sub(r",\n    attack      VARCHAR NOT NULL DEFAULT 'detect'[^\n]*", "",
+                       version_2).replace("VALUES (3)", "VALUES (2)")
+    assert "attack_trainings" not in version_2 and "VALUES (2)" in version_2
+    con = duckdb.connect(str(path))
+    try:
+        con.execute(version_2)
+        con.execute("INSERT INTO runs (name, started, status, dataset_name, "
+                    "dataset_fingerprint, threshold) VALUES ('v2', now(), 'complete', 'lfw', "
+                    "'f', 0.6)")
+        con.execute("INSERT INTO images (run_id, key, role, method, k, sha256) "
+                    "VALUES (1, 'a', 'anonymized', 'blur', 9, 'x')")
+    finally:
+        con.close()
+
+
+def test_version_2_database_gains_the_attack_axis(db_path):
+    _make_v2_database(db_path)
+    with ResultsDB(db_path) as db:
+        assert db.con.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        # every earlier image was seen by the only attacker there was
+        assert db.con.execute("SELECT key, attack FROM images").fetchall() == [("a", "detect")]
+        assert db.attack_trainings(1) == []
+        assert TABLES <= {r[0] for r in db.con.execute(
+            "SELECT table_name FROM information_schema.tables").fetchall()}
+    # the step is idempotent: run again on a database that already has its changes
+    con = duckdb.connect(str(db_path))
+    try:
+        store._migrate_2_to_3(con)
+        assert con.execute("SELECT count(*), min(attack) FROM images").fetchone() == (1, "detect")
+    finally:
+        con.close()
+
+
+def test_connections_opened_in_another_thread_never_break_a_bulk_insert(db_path):
+    # DuckDB loses its Python table functions ("python_arrow_scan does not exist") when a
+    # connection to the file opens or closes in one thread while another thread's insert
+    # scans an Arrow table, as the heartbeat thread does beside write_case.
+    import threading
+
+    with ResultsDB(db_path) as db:
+        run = _start(db)
+        stop = threading.Event()
+
+        def reader():
+            while not stop.is_set():
+                db.runs()
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        failures = []
+        try:
+            for index in range(300):
+                try:
+                    db.add_images(run, {"key": [f"k{index}"], "role": ["original"]})
+                except duckdb.Error as error:
+                    failures.append(str(error))
+        finally:
+            stop.set()
+            thread.join()
+        assert failures == []
+        assert db.con.execute("SELECT count(*) FROM images").fetchone() == (300,)
+
+
+def test_the_heartbeat_never_makes_a_case_conflict(db_path):
+    # The heartbeat thread refreshes the run's row, as every write_case does in its
+    # transaction; at the same moment DuckDB fails one with "Conflict on update!".
+    with ResultsDB(db_path) as db:
+        db.heartbeat_interval = 0.001  # a beat all the time
+        run = _start(db)
+        failures = []
+        for index in range(100):
+            try:
+                db.write_case(run, method="blur", k=index + 1, mode="naive", detector="hog",
+                              backend="dlib", scores=_scores_2x2())
+            except duckdb.Error as error:
+                failures.append(str(error))
+        assert failures == []
+        assert db.con.execute("SELECT count(*) FROM cases").fetchone() == (100,)
+        db.finish_run(run, "complete")

@@ -18,9 +18,11 @@ Each ``[[bound]]`` has
     case must have: an EER over a handful of faces is noise, so such a bound fails with
     a message saying how many there were rather than passing or failing on noise.
 ``attack`` (optional, default ``"detect"``)
-    What the attacker runs on the published images. This faceanon measures one attack,
-    ``detect`` (the recognizer on the image as it is); a bound for another attack is an
-    error until that attack exists, never silently skipped.
+    What the attacker runs on the published images: any registered
+    :mod:`faceanon.attacks` name (plugins included). A bound checks only the cases of its
+    attack, so ``case = "mask-*"`` (attack ``detect``) does not bound
+    ``mask-naive-located``; a bound for ``located`` says ``case = "mask-naive-located"``
+    and ``attack = "located"``. An unknown attack is an error, never silently skipped.
 
 Any other key is an error too: a misspelt ``mx`` must not switch a bound off.
 """
@@ -34,12 +36,11 @@ from numbers import Real
 from pathlib import Path
 
 from faceanon.errors import FaceanonError
+from faceanon.protocol import DEFAULT_ATTACK, Case
 
-__all__ = ["ATTACKS", "BOUND_KEYS", "BoundsError", "check_bounds", "check_patterns",
-           "load_bounds"]
+__all__ = ["DEFAULT_ATTACK", "BOUND_KEYS", "BoundsError", "bound_attack", "check_bounds",
+           "check_patterns", "load_bounds"]
 
-#: The attacks a bound may name; the first is the default.
-ATTACKS = ("detect",)
 #: The keys a ``[[bound]]`` may have.
 BOUND_KEYS = frozenset({"case", "metric", "min", "max", "min_acquired", "attack"})
 
@@ -76,9 +77,18 @@ def _check_bound(path: str | Path, number: int, bound: Mapping) -> None:
                                         and bound["min_acquired"] >= 1):
         raise BoundsError(f"{where}: min_acquired must be a whole number >= 1, got "
                           f"{bound['min_acquired']!r}")
-    if bound.get("attack", ATTACKS[0]) not in ATTACKS:
-        raise BoundsError(f"{where}: attack {bound['attack']!r} is not one this faceanon "
-                          f"measures ({', '.join(ATTACKS)})")
+    if "attack" in bound:
+        from faceanon.attacks import available_attacks
+
+        known = available_attacks()
+        if bound["attack"] not in known:
+            raise BoundsError(f"{where}: attack {bound['attack']!r} is not a registered "
+                              f"attack ({', '.join(known)})")
+
+
+def bound_attack(bound: Mapping) -> str:
+    """The attack whose cases ``bound`` checks (:data:`DEFAULT_ATTACK` when it names none)."""
+    return bound.get("attack", DEFAULT_ATTACK)
 
 
 def load_bounds(path: str | Path) -> list[dict]:
@@ -103,16 +113,23 @@ def load_bounds(path: str | Path) -> list[dict]:
     return [dict(bound) for bound in bounds]
 
 
-def check_patterns(bounds: Sequence[Mapping], labels: Iterable[str], *,
+def _label_and_attack(case: Case | str) -> tuple[str, str]:
+    if isinstance(case, Case):
+        return case.label, case.attack
+    return case, DEFAULT_ATTACK
+
+
+def check_patterns(bounds: Sequence[Mapping], labels: Iterable[Case | str], *,
                    source: str | Path, grid: str) -> None:
-    """Refuse bounds whose ``case`` pattern matches none of ``labels``.
+    """Refuse bounds whose ``case`` pattern matches no case of their attack.
 
     Parameters
     ----------
     bounds : sequence of mapping
         From :func:`load_bounds`.
-    labels : iterable of str
-        Every case label of the grid, before any selection narrows it.
+    labels : iterable of Case or str
+        Every case of the grid (every registered attack), before any selection narrows
+        it; a bare label is a case of the ``detect`` attack.
     source : str or Path
         The bounds file, for the message.
     grid : str
@@ -123,17 +140,20 @@ def check_patterns(bounds: Sequence[Mapping], labels: Iterable[str], *,
     BoundsError
         Naming every pattern that matches nothing.
     """
-    labels = list(labels)
-    unmatched = [f"{number} ({bound['case']!r})"
+    cases = [_label_and_attack(case) for case in labels]
+    unmatched = [f"{number} ({bound['case']!r}"
+                 + ("" if "attack" not in bound else f", attack {bound['attack']!r}") + ")"
                  for number, bound in enumerate(bounds, start=1)
-                 if not any(fnmatch(label, bound["case"]) for label in labels)]
+                 if not any(fnmatch(label, bound["case"]) and attack == bound_attack(bound)
+                            for label, attack in cases)]
     if unmatched:
         raise BoundsError(f"{source}: bound(s) {', '.join(unmatched)} match no case of the "
                           f"{grid} grid, so they would check nothing; fix the pattern or "
                           "remove the bound")
 
 
-def check_bounds(label: str, metrics: Mapping, bounds: Sequence[Mapping]) -> list[str]:
+def check_bounds(label: str, metrics: Mapping, bounds: Sequence[Mapping], *,
+                 attack: str = DEFAULT_ATTACK) -> list[str]:
     """Messages for every bound that the case called ``label`` crosses.
 
     Parameters
@@ -144,6 +164,8 @@ def check_bounds(label: str, metrics: Mapping, bounds: Sequence[Mapping]) -> lis
         The case's row of ``case_metrics``.
     bounds : sequence of mapping
         From :func:`load_bounds`.
+    attack : str
+        The case's attack: only the bounds of that attack apply.
 
     Returns
     -------
@@ -152,7 +174,7 @@ def check_bounds(label: str, metrics: Mapping, bounds: Sequence[Mapping]) -> lis
     """
     problems = []
     for bound in bounds:
-        if not fnmatch(label, bound["case"]):
+        if not fnmatch(label, bound["case"]) or bound_attack(bound) != attack:
             continue
         metric = bound["metric"]
         if metric not in metrics:

@@ -1,8 +1,10 @@
-"""The benchmark's grids: which variants (method, k) and which modes a run measures.
+"""The benchmark's grids: which variants (method, k), modes and attacks a run measures.
 
 ``paper`` is the seed study's grid (Heimes: blur, pixelate and noise at eight strengths
 each) plus the other built-in methods; ``smoke`` is a small grid that runs in CI in a few
-minutes; ``full`` is every method the registry knows, plugins included.
+minutes; ``full`` is every method the registry knows, plugins included. Every grid runs
+the attacks ``--bench-attacks`` names (default :data:`faceanon.attacks.CHEAP_ATTACKS`),
+each on the methods it applies to.
 """
 
 from __future__ import annotations
@@ -106,18 +108,35 @@ def variants(grid_name: str, *, methods: Sequence[str] | None = None,
 
 def cases(grid_name: str, *, methods: Sequence[str] | None = None,
           ks: Sequence[int] | None = None,
-          modes: Sequence[str | Mode] | None = None) -> list[Case]:
-    """Every case of a grid: the clear baseline first, then each variant in each mode.
+          modes: Sequence[str | Mode] | None = None,
+          attacks: Sequence[str] | str | None = None) -> list[Case]:
+    """Every case of a grid: the clear baseline first, then each variant in each mode,
+    seen by each attack that applies to its method.
 
-    Parameters are those of :func:`variants`, plus ``modes`` (default all four).
+    Parameters are those of :func:`variants`, plus ``modes`` (default all four) and
+    ``attacks`` (names or a ``--bench-attacks`` value, see
+    :func:`faceanon.attacks.parse_attacks`; default ``detect`` only, the seed study's
+    attacker). The cases of one variant are consecutive, so the pipeline keeps one
+    variant's images at a time.
 
     Returns
     -------
     list of Case
+
+    Raises
+    ------
+    faceanon.attacks.AttackError
+        When an attack is unknown.
     """
+    from faceanon.attacks import DEFAULT_ATTACK, get_attack, parse_attacks
+
     chosen_modes = [Mode.parse(m) for m in modes] if modes else list(Mode)
+    chosen_attacks = parse_attacks(attacks) if attacks else [DEFAULT_ATTACK]
+    made = {name: get_attack(name) for name in chosen_attacks}
     out = [Case.clear()] if Mode.CLEAR in chosen_modes else []
     for variant in variants(grid_name, methods=methods, ks=ks):
-        out.extend(Case(variant.method, variant.k, mode) for mode in chosen_modes
-                   if mode is not Mode.CLEAR)
+        applicable = [name for name, attack in made.items()
+                      if attack.applies_to(variant.method)]
+        out.extend(Case(variant.method, variant.k, mode, name) for mode in chosen_modes
+                   if mode is not Mode.CLEAR for name in applicable)
     return out

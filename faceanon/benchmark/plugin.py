@@ -6,7 +6,8 @@ the benchmark. It contributes:
 
 - the ``--bench-*`` options (registered here only);
 - parametrization of the arguments ``bench_case`` (a :class:`faceanon.protocol.Case` per
-  selected case, id ``blur-k15-naive``) and ``bench_variant`` (a
+  selected case, id ``blur-k15-naive`` or, for an attack other than ``detect``,
+  ``noise-k30-naive-median``, so ``-k median`` selects by attack) and ``bench_variant`` (a
   :class:`faceanon.protocol.Variant` per selected variant, id ``blur-k15``);
 - the session fixture ``bench_run`` (:class:`faceanon.benchmark.run.BenchRun`);
 - the run's lifecycle: the data is found once at collection (no data: one error line that
@@ -45,6 +46,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-k", default=None, help="comma-separated strengths to keep")
     group.addoption("--bench-modes", default=None,
                     help=f"comma-separated modes out of {','.join(MODES)}")
+    group.addoption("--bench-attacks", default="cheap",
+                    help="comma-separated attacks (faceanon.attacks names), each run on the "
+                         "methods it applies to; 'cheap' (the default): detect, located, "
+                         "median, deblur, unpixelate, sharpen; 'all': every registered "
+                         "attack, plugins included")
     group.addoption("--bench-db", default=None,
                     help="DuckDB results file (default results.duckdb, as faceanon report)")
     group.addoption("--bench-seed", type=int, default=0)

@@ -105,7 +105,14 @@ class BenchRun:
     def planned_cases(self) -> list[Case]:
         from faceanon.benchmark.grids import cases
 
-        return cases(**self.selection(), modes=_split_list(self.option("modes")))
+        return cases(**self.selection(), modes=_split_list(self.option("modes")),
+                     attacks=self.option("attacks"))
+
+    def attack_names(self) -> list[str]:
+        """The attacks ``--bench-attacks`` names (:func:`faceanon.attacks.parse_attacks`)."""
+        from faceanon.attacks import parse_attacks
+
+        return parse_attacks(self.option("attacks"))
 
     def planned_variants(self) -> list[Variant]:
         from faceanon.benchmark.grids import variants
@@ -164,12 +171,12 @@ class BenchRun:
         path = self.option("thresholds")
         self.bounds = load_bounds(path) if path else []
         if self.bounds:
-            # Patterns are checked against the whole grid (plus any method named outside
-            # it), not the cases -k and the other options leave: `pytest bench -k
-            # pixelate --bench-thresholds ...` must still work.
+            # Patterns are checked against the whole grid with every registered attack
+            # (plus any method named outside it), not the cases -k and the other options
+            # leave: `pytest bench -k pixelate --bench-attacks detect --bench-thresholds
+            # ...` must still work.
             grid = self.option("grid")
-            labels = {c.label for c in grid_cases(grid)} | {c.label for c in
-                                                            self.planned_cases()}
+            labels = {*grid_cases(grid, attacks="all"), *self.planned_cases()}
             check_patterns(self.bounds, labels, source=path, grid=grid)
         get_detector(self.option("detector"))  # an unknown name fails here, once
         if self.option("region") not in REGIONS:
@@ -212,6 +219,7 @@ class BenchRun:
         if self.evaluation is not None:
             return self.evaluation
         from faceanon import provenance
+        from faceanon.attacks import get_attack
         from faceanon.pipeline import Evaluation
         from faceanon.store import ResultsDB
 
@@ -219,6 +227,7 @@ class BenchRun:
         for case in self.planned:
             if case.method is not None:
                 self.method(case.method)
+        attacks = {name: get_attack(name) for name in self.attack_names()}
         self.db = ResultsDB(self.db_path)
         commit, dirty = provenance.git_state(Path(self.config.rootpath))
         self.run_id = self.db.start_run(
@@ -227,7 +236,9 @@ class BenchRun:
             dataset_fingerprint=self.dataset.fingerprint,
             config={"grid": self.option("grid"), "identities": len(self.split.identities),
                     **self.split.summary(), **settings.as_dict(), **self.backend_choice(),
-                    "dataset_root": str(self.dataset.root)},
+                    "dataset_root": str(self.dataset.root),
+                    # what each attack is: its summary, locator, methods and settings
+                    "attacks": {name: attack.describe() for name, attack in attacks.items()}},
             git_commit=commit,
             git_dirty=dirty,
             packages=provenance.package_versions(),
@@ -238,7 +249,8 @@ class BenchRun:
         )
         self.evaluation = Evaluation(self.dataset, self.split, db=self.db, run_id=self.run_id,
                                      settings=settings, workers=self.option("workers"),
-                                     methods=self._methods)
+                                     methods=self._methods, attacks=attacks,
+                                     data_root=self.dataset.root.parent)
         self.evaluation.plan(self.planned)
         return self.evaluation
 
@@ -276,7 +288,8 @@ class BenchRun:
         metrics = self.db.one_case_metrics(result.case_id)
         from faceanon.benchmark.bounds import check_bounds
 
-        problems = check_bounds(result.case.label, metrics, self.bounds)
+        problems = check_bounds(result.case.label, metrics, self.bounds,
+                                attack=result.case.attack)
         if metrics.get("n_unchanged"):
             problems.insert(0, f"{result.case.label}: {metrics['n_unchanged']} of "
                                f"{metrics['n_anonymized']} anonymized images are identical "
@@ -404,8 +417,8 @@ class BenchRun:
         def pct(v):
             return "   -" if v is None else f"{100 * v:5.1f}"
 
-        lines = [f"{'method':<12} {'k':>4} {'mode':<8} {'EER%':>6} {'FMR%':>6} {'FNMR%':>6} "
-                 f"{'FTA%':>6} {'rank1%':>6} {'anon ms':>8} {'recog ms':>8}"]
+        lines = [f"{'method':<12} {'k':>4} {'mode':<8} {'attack':<10} {'EER%':>6} {'FMR%':>6} "
+                 f"{'FNMR%':>6} {'FTA%':>6} {'rank1%':>6} {'anon ms':>8} {'recog ms':>8}"]
         for cid in self.case_ids:
             r = rows.get(cid)
             if r is None:
@@ -414,6 +427,7 @@ class BenchRun:
             recog = per_image.get((cid, "recognize"))
             lines.append(
                 f"{r['method']:<12} {'' if r['k'] is None else r['k']:>4} {r['mode']:<8} "
+                f"{r.get('attack') or 'detect':<10} "
                 f"{pct(r['eer']):>6} {pct(r['fmr']):>6} {pct(r['fnmr']):>6} {pct(r['fta']):>6} "
                 f"{pct(r['rank1']):>6} "
                 f"{'' if anon is None else f'{1000 * anon:8.2f}':>8} "
