@@ -69,6 +69,10 @@ TRAINABLE_METHODS = frozenset({"blur", "pixelate", "noise", "blackout", "mask"})
 #: methods that make the training pairs.
 _CODE_FILES = ("attack_learned.py", "resnet_torch.py", "methods.py")
 
+#: ``len(faceanon.resnet_torch.RESIDUAL_BLOCKS)``, spelled out so that checking settings
+#: does not import torch (a test keeps the two equal).
+RESIDUAL_BLOCK_COUNT = 14
+
 
 class LearnedAttackError(AttackError):
     """The learned attack cannot train or load (names the file or setting at fault)."""
@@ -117,15 +121,13 @@ class LearnedSettings:
     threads: int = 1
 
     def __post_init__(self):
-        from faceanon.resnet_torch import RESIDUAL_BLOCKS
-
         problems = []
         if self.images < 10:
             problems.append(f"images must be >= 10, got {self.images}")
         if not 0 < self.validation < 0.5:
             problems.append(f"validation must be in (0, 0.5), got {self.validation}")
-        if not 0 <= self.trainable_from < len(RESIDUAL_BLOCKS):
-            problems.append(f"trainable_from must be in 0..{len(RESIDUAL_BLOCKS) - 1}, "
+        if not 0 <= self.trainable_from < RESIDUAL_BLOCK_COUNT:
+            problems.append(f"trainable_from must be in 0..{RESIDUAL_BLOCK_COUNT - 1}, "
                             f"got {self.trainable_from}")
         if self.epochs < 1 or self.batch_size < 2 or self.threads < 1:
             problems.append("epochs, threads must be >= 1 and batch_size >= 2")
@@ -497,8 +499,8 @@ class Learned(Attack):
 
     def cache_path(self, *, method: str, k: int | None, seed: int, data_root) -> Path:
         """Where the weights for (method, k, seed) and these settings are cached."""
-        from faceanon.resnet_torch import default_dat_path
         from faceanon.recognition import file_sha256
+        from faceanon.resnet_torch import default_dat_path
 
         samples = training_samples(data_root, images=self.settings.images, seed=seed)
         key = json.dumps({
