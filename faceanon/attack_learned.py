@@ -69,6 +69,9 @@ TRAINABLE_METHODS = frozenset({"blur", "pixelate", "noise", "blackout", "mask"})
 #: methods that make the training pairs.
 _CODE_FILES = ("attack_learned.py", "resnet_torch.py", "methods.py")
 
+#: The filter attack ``prefilter="auto"`` runs first, per method (others: none).
+PREFILTERS = {"blur": "deblur", "pixelate": "unpixelate", "noise": "median"}
+
 #: ``len(faceanon.resnet_torch.RESIDUAL_BLOCKS)``, spelled out so that checking settings
 #: does not import torch (a test keeps the two equal).
 RESIDUAL_BLOCK_COUNT = 14
@@ -107,6 +110,10 @@ class LearnedSettings:
         after the step that spends it.
     threads : int
         torch CPU threads while preparing and training.
+    prefilter : str
+        A filter attack run on the anonymized face before the chip is cut, in training and
+        in attack alike (the attacker may undo what a formula can, then learn the rest):
+        ``"none"``, a filter attack's name, or ``"auto"``: :data:`PREFILTERS` of the method.
     """
 
     images: int = 2400
@@ -119,9 +126,14 @@ class LearnedSettings:
     temperature: float = 0.1
     max_minutes: float = 10.0
     threads: int = 1
+    prefilter: str = "none"
 
     def __post_init__(self):
         problems = []
+        if self.prefilter not in ("none", "auto", *set(PREFILTERS.values())):
+            problems.append(f"prefilter must be none, auto or one of "
+                            f"{', '.join(sorted(set(PREFILTERS.values())))}, "
+                            f"got {self.prefilter!r}")
         if self.images < 10:
             problems.append(f"images must be >= 10, got {self.images}")
         if not 0 < self.validation < 0.5:
@@ -274,14 +286,28 @@ def _faces(data_root, *, images: int, seed: int, base) -> dict:
     return faces
 
 
+def prefilter_attack(prefilter: str, method: str) -> Attack | None:
+    """The filter attack that ``prefilter`` means for ``method``, or ``None``."""
+    from faceanon.attacks import get_attack
+
+    name = PREFILTERS.get(method, "none") if prefilter == "auto" else prefilter
+    if name == "none":
+        return None
+    attack = get_attack(name)
+    return attack if attack.applies_to(method) else None
+
+
 def _anonymized_chips(faces: dict, data_root, *, method: str, k: int | None, seed: int,
-                      base) -> np.ndarray:
-    """The chip of each face, cut from its anonymized image in the original's face box."""
+                      base, prefilter: str = "none") -> np.ndarray:
+    """The chip of each face, cut from its anonymized (and prefiltered) image in the
+    original's face box, as :meth:`Learned.encode` cuts it."""
+    from faceanon.detect import clip_box
     from faceanon.imageio import read_image
     from faceanon.methods import get_method
     from faceanon.protocol import image_rng
 
     anonymizer = get_method(method)
+    restorer = prefilter_attack(prefilter, method)
     root = Path(data_root).expanduser() / TRAINING_DATASET
     chips = np.empty((len(faces["keys"]), CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)
     starts = np.concatenate([[0], np.cumsum(faces["region_counts"])])
@@ -290,6 +316,9 @@ def _anonymized_chips(faces: dict, data_root, *, method: str, k: int | None, see
         regions = [tuple(r) for r in faces["regions"][starts[index]:starts[index + 1]]]
         anonymized = anonymizer.anonymize(image, regions, k=k,
                                           rng=image_rng(seed, method, k, str(key)))
+        if restorer is not None:
+            region = clip_box(faces["boxes"][index], anonymized.shape)
+            anonymized = restorer.restore(anonymized, region=region, method=method, k=k)
         chips[index] = base.face_chip(anonymized, box=css_box(faces["boxes"][index])).chip
     return chips
 
@@ -550,7 +579,7 @@ class Learned(Attack):
             faces = _faces(data_root, images=self.settings.images, seed=seed, base=base)
             faces_seconds = time.perf_counter() - started
             chips = _anonymized_chips(faces, data_root, method=method, k=k, seed=seed,
-                                      base=base)
+                                      base=base, prefilter=self.settings.prefilter)
             pairs_seconds = time.perf_counter() - started - faces_seconds
             base_state, dat_sha256 = cached_state_dict()
             tail, record = train(faces, chips, settings=self.settings, seed=seed,
@@ -584,6 +613,14 @@ class Learned(Attack):
         return _read_weights(self.weights_path)[2]
 
     # -- encoding -------------------------------------------------------------------
+
+    def restore(self, image, *, region, method, k):
+        """The prefilter's restoration (:class:`LearnedSettings`), else ``image`` itself."""
+        self.check_method(method, k)
+        restorer = prefilter_attack(self.settings.prefilter, method)
+        if restorer is None:
+            return image
+        return restorer.restore(image, region=region, method=method, k=k)
 
     def __getstate__(self):
         state = self.__dict__.copy()

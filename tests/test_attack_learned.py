@@ -37,10 +37,24 @@ def test_registered_but_not_cheap_and_settings_need_no_torch_network():
     ({"trainable_from": 14}, "trainable_from must be in 0..13"),
     ({"learning_rate": 0}, "learning_rate"),
     ({"validation": 0.7}, "validation"),
+    ({"prefilter": "swirl"}, "prefilter must be none, auto or one of deblur, median"),
 ])
 def test_bad_settings_are_refused(options, message):
     with pytest.raises(LearnedAttackError, match=message):
         Learned(**options)
+
+
+def test_prefilter_restores_like_its_filter_attack():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (60, 60, 3), dtype=np.uint8)
+    region = (10, 10, 30, 30)
+    auto = Learned(prefilter="auto")
+    deblurred = get_attack("deblur").restore(image, region=region, method="blur", k=9)
+    assert np.array_equal(auto.restore(image, region=region, method="blur", k=9), deblurred)
+    assert not np.array_equal(deblurred, image)
+    # No prefilter for the eye mask under auto; none at all under "none".
+    assert auto.restore(image, region=region, method="mask", k=None) is image
+    assert Learned().restore(image, region=region, method="blur", k=9) is image
 
 
 def test_unknown_option_names_the_known_ones():
