@@ -116,17 +116,17 @@ class LearnedSettings:
         ``"none"``, a filter attack's name, or ``"auto"``: :data:`PREFILTERS` of the method.
     """
 
-    images: int = 2400
+    images: int = 4069
     validation: float = 0.1
     trainable_from: int = 10
-    epochs: int = 6
+    epochs: int = 8
     batch_size: int = 64
-    learning_rate: float = 2e-5
+    learning_rate: float = 4e-5
     contrastive_weight: float = 1.0
     temperature: float = 0.1
     max_minutes: float = 10.0
     threads: int = 1
-    prefilter: str = "none"
+    prefilter: str = "auto"
 
     def __post_init__(self):
         problems = []
