@@ -12,9 +12,11 @@ Method
    finds each face; the clear chip's embedding by the plain recognizer (and that of its
    mirror image) is the *target*. Cached in ``faces-*.npz``.
 2. Pairs (per method and k): each image is anonymized in its HOG boxes with the
-   benchmark's seed rule (:func:`faceanon.protocol.image_rng`), and the chip is cut from the
-   anonymized image in the original's face box (the attacker sees where the face is: the
-   ``located`` attack's rule, :meth:`Learned.encode_restored`).
+   benchmark's seed rule (:func:`faceanon.protocol.image_rng`), restored by the method's
+   filter attack (``prefilter="auto"``: deblur, unpixelate, median; undoing what a formula
+   can before learning the rest raised held-out rank-1 on pixelate k10 from 9 % to 73 %),
+   and the chip is cut from it in the original's face box (the attacker sees where the
+   face is: the ``located`` attack's rule, :meth:`Learned.encode_restored`).
 3. Training: the torch port of dlib's ResNet (:mod:`faceanon.resnet_torch`) starts from
    dlib's weights; the blocks before ``trainable_from`` stay frozen, so their output is
    computed once per chip and training runs only the last blocks and the final linear layer.
@@ -38,6 +40,7 @@ torch is imported inside functions (the ``gan`` extra), so listing attacks stays
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -158,8 +161,12 @@ def cache_folder() -> Path:
     return base / "attacks"
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """sha256 (first 16 hex digits) of the sources that decide what the attack learns."""
+    """sha256 (first 16 hex digits) of the sources that decide what the attack learns.
+
+    Read once per process: the code that runs is the code imported, even if the files
+    change on disk meanwhile."""
     digest = hashlib.sha256()
     package = Path(__file__).resolve().parent
     for name in _CODE_FILES:
@@ -644,8 +651,13 @@ class Learned(Attack):
             self._model = model.eval()
         return self._model
 
-    def encode_chips(self, chips: np.ndarray) -> np.ndarray:
-        """Embeddings ``(n, 128)`` (float64) of anonymized ``uint8`` chips by the tuned net."""
+    def encode_chips(self, chips: np.ndarray, *, backend=None) -> np.ndarray:
+        """Embeddings ``(n, 128)`` (float64) of anonymized ``uint8`` chips by the tuned net.
+
+        ``backend`` is accepted and ignored: a pipeline that batches chips per attack can
+        call ``attack.encode_chips(chips, backend=backend)`` for every attack alike, and
+        this attack's chips must never go through the backend's own network.
+        """
         import torch
 
         from faceanon.recognition import check_chips

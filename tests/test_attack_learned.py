@@ -148,6 +148,8 @@ def test_cache_hit_returns_the_same_weights(prepared, lfw_singletons, monkeypatc
     assert again.training_record() == attack.training_record()
     chips = np.random.default_rng(0).integers(0, 256, (2, 150, 150, 3), dtype=np.uint8)
     assert np.array_equal(again.encode_chips(chips), attack.encode_chips(chips))
+    # The pipeline's per-attack hook passes its backend; the tuned network still encodes.
+    assert np.array_equal(again.encode_chips(chips, backend=object()), attack.encode_chips(chips))
     other = Learned(**{**TINY, "epochs": 2})
     assert other.cache_path(method="pixelate", k=10, seed=0,
                             data_root=lfw_singletons.root.parent) != attack.weights_path
