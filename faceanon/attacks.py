@@ -676,6 +676,7 @@ BUILTIN_ATTACKS: dict[str, str] = {
     "sharpen": "faceanon.attacks:Sharpen",
     "detect:retinaface": "faceanon.attacks:RetinaFaceDetect",
     "detect:cnn": "faceanon.attacks:CnnDetect",
+    "learned": "faceanon.attack_learned:Learned",
 }
 
 
