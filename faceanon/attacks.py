@@ -230,6 +230,15 @@ class Attack(abc.ABC):
     ) -> Encoding:
         """Find the face in a (restored) image and encode it with ``backend``."""
 
+    def encode_chips(self, chips: np.ndarray, *, backend) -> np.ndarray:
+        """Embeddings ``(n, 128)`` of the face chips this attack cut (:meth:`chip`).
+
+        The pipeline batches every attack's chips through this method, so an attack with
+        its own network (:class:`faceanon.attack_learned.Learned`) overrides it; the
+        others describe their chips with the recognizer, ``backend.encode_chips``.
+        """
+        return backend.encode_chips(chips)
+
     def chip(
         self, image: np.ndarray, *, original_box: Sequence[int] | None, backend
     ) -> FaceChip:

@@ -260,6 +260,9 @@ class _Chipped:
     attack: str = DEFAULT_ATTACK
     encoder: str = ""
     cache_key: str = ""
+    #: The attack object whose ``encode_chips`` describes the chip (None: the backend's
+    #: own network, as for originals and every attack without a network of its own).
+    encoded_by: Attack | None = None
 
 
 def _chip(key: str, image: np.ndarray, anonymize_seconds: float = 0.0,
@@ -324,30 +327,42 @@ def _attacked_chips(key: str, anonymized: np.ndarray, anonymize_seconds: float, 
             continue
         face = attack.chip(restored, original_box=face_box, backend=backend)
         out.append(_Chipped(key, sha, face, anonymize_seconds, time.perf_counter() - start,
-                            regions, attack.name, encoder, cache))
+                            regions, attack.name, encoder, cache, attack))
     return out
 
 
 def _encode_batch(chipped: list[_Chipped]) -> list[Encoded]:
-    """One batched pass of the network over the chips of a task's images (every attack).
+    """Batched passes of the network over the chips of a task's images (every attack).
 
-    Each image's ``encode_seconds`` is its own restoration, detection and chip plus an
-    equal share of the batch's network time.
+    Chips are grouped by the network that describes them: the backend's for most
+    attacks, the attack's own for one that has a network (the learned attacker), so a
+    tuned attack is never scored by the plain recognizer. Each image's
+    ``encode_seconds`` is its own restoration, detection and chip plus an equal share of
+    its group's network time.
     """
-    chips = [c.face.chip for c in chipped if c.face is not None and c.face.acquired]
-    vectors = iter(())
-    share = 0.0
-    if chips:
+    backend = _WORKER["backend"]
+    groups: dict[int, list[int]] = {}
+    for index, c in enumerate(chipped):
+        if c.face is not None and c.face.acquired:
+            groups.setdefault(id(c.encoded_by), []).append(index)
+    vectors: dict[int, np.ndarray] = {}
+    shares: dict[int, float] = {}
+    for members in groups.values():
+        encoder = chipped[members[0]].encoded_by
+        chips = np.stack([chipped[i].face.chip for i in members])
         start = time.perf_counter()
-        vectors = iter(_WORKER["backend"].encode_chips(np.stack(chips)))
-        share = (time.perf_counter() - start) / len(chips)
+        found = (backend.encode_chips(chips) if encoder is None
+                 else encoder.encode_chips(chips, backend=backend))
+        share = (time.perf_counter() - start) / len(members)
+        for i, vector in zip(members, found, strict=True):
+            vectors[i], shares[i] = vector, share
     out = []
-    for c in chipped:
+    for index, c in enumerate(chipped):
         if c.face is None:
             encoding, seconds = Encoding(None, -1), 0.0
         elif c.face.acquired:
-            encoding = Encoding(next(vectors), c.face.faces_found, c.face.box)
-            seconds = c.chip_seconds + share
+            encoding = Encoding(vectors[index], c.face.faces_found, c.face.box)
+            seconds = c.chip_seconds + shares[index]
         else:
             encoding, seconds = Encoding(None, c.face.faces_found), c.chip_seconds
         out.append(Encoded(c.key, c.sha256, encoding, c.anonymize_seconds, seconds, c.boxes,

@@ -216,3 +216,65 @@ def test_corrupt_cache_file_is_an_error_and_is_retrained(prepared, lfw_singleton
                for w in caught)
     tail, record, _ = _read_weights(retrained.weights_path)
     assert record["steps"] == attack.training_record()["steps"] and tail
+
+
+@pytest.mark.realdata
+def test_the_pipeline_scores_learned_cases_with_the_tuned_network(prepared, lfw, tmp_path,
+                                                                   monkeypatch):
+    # The benchmark path: prepared once in the main process (here a cache hit), pickled
+    # to two workers, chips batched per attack. The distances must be the tuned
+    # network's, as the attack computes them called directly.
+    from faceanon.attacks import largest_box
+    from faceanon.datasets import protocol_split
+    from faceanon.detect import anonymization_regions
+    from faceanon.imageio import read_image
+    from faceanon.methods import get_method
+    from faceanon.pipeline import Evaluation, Settings, worker_backend
+    from faceanon.protocol import Case, image_rng
+    from faceanon.recognition import distance_matrix
+    from faceanon.store import ResultsDB
+
+    _, cache = prepared
+    monkeypatch.setenv("FACEANON_CACHE", str(cache))
+    split = protocol_split(lfw, identities=4, seed=2)
+    case = Case("pixelate", 10, "naive", "learned")
+    with ResultsDB(tmp_path / "r.duckdb") as db:
+        run_id = db.start_run(name="x", dataset_name="lfw", dataset_fingerprint="x",
+                              config={}, git_commit=None, git_dirty=None, packages={},
+                              machine={})
+        with Evaluation(lfw, split, db=db, run_id=run_id, workers=2,
+                        attacks={"learned": Learned(**TINY)},
+                        data_root=lfw.root.parent) as evaluation:
+            evaluation.plan([case])
+            case_id = evaluation.run_case(case).case_id
+        stored = db.con.execute("SELECT probe, gallery, distance FROM scores "
+                                "WHERE case_id = ?", [case_id]).fetchall()
+        trainings = db.attack_trainings(run_id)
+    assert [(t["method"], t["k"], t["attack"]) for t in trainings] == [
+        ("pixelate", 10, "learned")]
+    # The weights in the cache now (an earlier test may have retrained them), as the
+    # pipeline loaded them.
+    attack = Learned(**TINY)
+    attack.prepare(method="pixelate", k=10, seed=0, data_root=lfw.root.parent)
+    assert trainings[0]["record"] == attack.training_record()
+
+    backend = worker_backend(Settings().resolved())
+    probes = []
+    for sample in split.probes:
+        original = read_image(lfw.path(sample))
+        regions = anonymization_regions(original, detector="hog", region="face").boxes
+        hidden = get_method("pixelate").anonymize(
+            original, list(regions), k=10, rng=image_rng(0, "pixelate", 10, sample.key))
+        box = largest_box(regions) if len(regions) == 1 else None
+        found = backend.encode(original).box
+        face = None if found is None else (found[3], found[0], found[1] - found[3],
+                                           found[2] - found[0])
+        probes.append(attack.encode(hidden, original_box=face, method="pixelate", k=10,
+                                    backend=backend, anonymized_box=box).embedding)
+    gallery = [backend.encode(read_image(lfw.path(s))).embedding for s in split.gallery]
+    expected = distance_matrix(probes, gallery)
+    index = {(p.key, g.key): expected[i, j] for i, p in enumerate(split.probes)
+             for j, g in enumerate(split.gallery)}
+    assert len(stored) == len(index)
+    for probe, gallery_key, distance in stored:
+        assert distance == pytest.approx(index[(probe, gallery_key)], abs=1e-5)

@@ -305,3 +305,37 @@ def test_an_unplanned_attack_after_cached_originals_still_uses_the_face_box(lfw,
     assert [row[:3] for row in got] == [row[:3] for row in want]
     for a, b in zip(got, want, strict=True):
         assert (a[3] is None and b[3] is None) or a[3] == pytest.approx(b[3], abs=1e-9)
+
+
+class _OwnNetworkLocated(Located):
+    """A located attack with a network of its own: every chip maps to one fixed point."""
+
+    name = "own-network"
+
+    def encode_chips(self, chips, *, backend):
+        return np.full((len(chips), 128), 0.05)
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_attack_with_its_own_network_encodes_its_chips_with_it(lfw, tmp_path, workers):
+    # The learned attacker's chips must go through its tuned network, never the plain
+    # recognizer's: with a network that maps every chip to one point, each gallery
+    # image is equally far from every (anonymized) probe.
+    split = protocol_split(lfw, identities=3, seed=6)
+    attack = _OwnNetworkLocated()
+    case = Case("blur", 15, "naive", attack.name)
+    with ResultsDB(tmp_path / "r.duckdb") as db:
+        run_id = db.start_run(name="x", dataset_name="lfw", dataset_fingerprint="x",
+                              config={}, git_commit=None, git_dirty=None, packages={},
+                              machine={})
+        with Evaluation(lfw, split, db=db, run_id=run_id, workers=workers,
+                        attacks={attack.name: attack}, data_root=tmp_path) as evaluation:
+            evaluation.plan([case])
+            case_id = evaluation.run_case(case).case_id
+        rows = _scores(db, case_id)
+    by_gallery: dict[str, set[float]] = {}
+    for _probe, gallery, _mated, distance in rows:
+        assert distance is not None, "a located attack acquires every face"
+        by_gallery.setdefault(gallery, set()).add(round(distance, 9))
+    assert len(by_gallery) > 1 and all(len(d) == 1 for d in by_gallery.values())
