@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from faceanon import utility
 from faceanon.datasets import Dataset, Sample, Split
 from faceanon.errors import FaceanonError
 from faceanon.imageio import read_image
@@ -72,6 +73,8 @@ class Settings:
     #: ``whole`` can be measured: every probe needs an anonymized image to be searched with.
     on_miss: OnMiss = OnMiss.WHOLE
     seed: int = 0
+    #: Measure each anonymized image's utility (:mod:`faceanon.utility`) where it is made.
+    utility: bool = True
 
     def __post_init__(self) -> None:
         on_miss = OnMiss.parse(self.on_miss)  # an unknown policy: OnMissError
@@ -101,6 +104,7 @@ class Settings:
             "margin": self.margin,
             "on_miss": self.on_miss.value,
             "seed": self.seed,
+            "utility": self.utility,
         }
 
 
@@ -114,6 +118,9 @@ class Encoded:
     anonymize_seconds: float = 0.0
     encode_seconds: float = 0.0
     boxes: tuple = ()
+    #: An original's :func:`faceanon.utility.detached` reference; an anonymized image's
+    #: :func:`faceanon.utility.image_record` (None when utility is not measured).
+    utility: object = None
 
 
 @dataclass(frozen=True)
@@ -220,11 +227,11 @@ def _worker_method(name: str) -> Method:
     return methods[name]
 
 
-def _regions(image: np.ndarray, settings: Settings) -> tuple:
+def _regions(image: np.ndarray, settings: Settings):
     from faceanon.detect import anonymization_regions
 
     return anonymization_regions(image, detector=settings.detector, region=settings.region,
-                                 margin=settings.margin, on_miss=settings.on_miss).boxes
+                                 margin=settings.margin, on_miss=settings.on_miss)
 
 
 @dataclass
@@ -237,6 +244,7 @@ class _Chipped:
     anonymize_seconds: float
     chip_seconds: float
     boxes: tuple
+    utility: object = None
 
 
 def _chip(key: str, image: np.ndarray, anonymize_seconds: float = 0.0,
@@ -272,18 +280,35 @@ def _encode_batch(chipped: list[_Chipped]) -> list[Encoded]:
             seconds = c.chip_seconds + share
         else:
             encoding, seconds = Encoding(None, c.face.faces_found), c.chip_seconds
-        out.append(Encoded(c.key, c.sha256, encoding, c.anonymize_seconds, seconds, c.boxes))
+        out.append(Encoded(c.key, c.sha256, encoding, c.anonymize_seconds, seconds, c.boxes,
+                           c.utility))
     return out
 
 
 def _original_chip(task: tuple[str, str]) -> _Chipped:
     key, path = task
-    image = _WORKER["images"].read(path)
-    return _chip(key, image, boxes=_regions(image, _WORKER["settings"]))
+    image, settings = _WORKER["images"].read(path), _WORKER["settings"]
+    regions = _regions(image, settings)
+    chipped = _chip(key, image, boxes=regions.boxes)
+    if settings.utility:  # the original's faces and landmarks, once for all its variants
+        chipped.utility = utility.detached(utility.reference_for_regions(
+            image, regions.boxes, found=regions.found,
+            regions_are_faces=settings.region == "face" and settings.margin == 0))
+    return chipped
 
 
-def _variant_chip(task: tuple[str, str, tuple, Variant]) -> _Chipped:
-    key, path, boxes, variant = task
+def _with_utility(chipped: _Chipped, anonymized: np.ndarray, path: str, boxes: tuple,
+                  reference) -> _Chipped:
+    """Measure the anonymized image's utility here, reusing the recognizer's detection."""
+    if reference is not None:
+        chipped.utility = utility.image_record(
+            reference, anonymized, boxes, original=_WORKER["images"].read(path),
+            detections=utility.recognizer_detections(chipped.face, _WORKER["backend"]))
+    return chipped
+
+
+def _variant_chip(task: tuple[str, str, tuple, Variant, object]) -> _Chipped:
+    key, path, boxes, variant, reference = task
     settings = _WORKER["settings"]
     method = _worker_method(variant.method)
     image = _WORKER["images"].read(path)
@@ -292,12 +317,13 @@ def _variant_chip(task: tuple[str, str, tuple, Variant]) -> _Chipped:
         image, list(boxes), k=variant.k,
         rng=image_rng(settings.seed, variant.method, variant.k, key),
     )
-    return _chip(key, anonymized, time.perf_counter() - start)
+    chipped = _chip(key, anonymized, time.perf_counter() - start)
+    return _with_utility(chipped, anonymized, path, boxes, reference)
 
 
-def _array_chip(task: tuple[str, np.ndarray, float]) -> _Chipped:
-    key, image, seconds = task
-    return _chip(key, image, seconds)
+def _array_chip(task: tuple[str, np.ndarray, float, str, tuple, object]) -> _Chipped:
+    key, image, seconds, path, boxes, reference = task
+    return _with_utility(_chip(key, image, seconds), image, path, boxes, reference)
 
 
 def _batch_task(prepare, tasks: Sequence) -> list[Encoded]:
@@ -366,6 +392,7 @@ class Evaluation:
         # Image rows made but not yet stored: they go with the next case stored, in its
         # transaction, so that no image row exists without a case that used it.
         self._unstored_images: list[dict[str, list]] = []
+        self._unstored_utility: list[dict] = []  # the same for image_utility rows
 
     def method(self, name: str) -> Method:
         """The method called ``name``, made on first use and kept for the evaluation."""
@@ -445,6 +472,10 @@ class Evaluation:
             "faces_found": [r.encoding.faces_found for r in results],
             "backend": [self.backend.name] * len(results),
         })
+        if variant is not None:
+            self._unstored_utility.extend(
+                {"method": variant.method, "k": variant.k, "key": r.key, **r.utility}
+                for r in results if r.utility is not None)
         return {r.key: r for r in results}
 
     def originals(self) -> dict[str, Encoded]:
@@ -471,7 +502,8 @@ class Evaluation:
             return self._map(_array_chip, self._anonymize_sets(method, variant))
         originals = self.originals()
         tasks = [
-            (key, str(self.dataset.path(s)), originals[key].boxes, variant)
+            (key, str(self.dataset.path(s)), originals[key].boxes, variant,
+             originals[key].utility)
             for key, s in self.samples.items()
         ]
         return self._map(_variant_chip, tasks)
@@ -513,7 +545,9 @@ class Evaluation:
             start = time.perf_counter()
             anonymized = method.anonymize_set(images, boxes, k=variant.k, rng=rng)
             per_image = (time.perf_counter() - start) / max(1, len(group))
-            tasks.extend((s.key, a, per_image) for s, a in zip(group, anonymized, strict=True))
+            tasks.extend((s.key, a, per_image, str(self.dataset.path(s)),
+                          originals[s.key].boxes, originals[s.key].utility)
+                         for s, a in zip(group, anonymized, strict=True))
         return tasks
 
     def compare(self, case: Case) -> ComparedCase:
@@ -599,8 +633,9 @@ class Evaluation:
             scores=compared.scores,
             images=images,
             timings=list(timings) or None,
+            utility=self._unstored_utility or None,
         )
-        self._unstored_images = []
+        self._unstored_images, self._unstored_utility = [], []
         return CaseResult(case_id, case, compared.per_image)
 
     def run_case(self, case: Case, *, timings=()) -> CaseResult:
