@@ -56,7 +56,12 @@ WEIGHTS_FORMAT = "faceanon-deepprivacy"
 #: The context crop is this many times the longer box side, centred on the box.
 CONTEXT = 2.0
 #: How a generated face is blended into its box (see :class:`DeepPrivacy`).
-BLENDS = ("box", "features")
+BLENDS = ("box", "features", "outline")
+#: The wide ramp's width by blend when none is given (``outer_feather``).
+OUTER_FEATHER = {"features": 0.25, "outline": 0.15}
+#: The outline blend's face: the convex hull of the jaw (landmarks 0-16), the brows (17-26)
+#: and the brows raised by this share of the brow-to-chin height (the forehead).
+OUTLINE_FOREHEAD = 0.3
 #: Keypoint Gaussians have this standard deviation, in model pixels at 64x64; other
 #: resolutions scale it, so a keypoint covers the same share of the face.
 KEYPOINT_SIGMA = 1.2
@@ -368,6 +373,46 @@ def load_generator(path) -> Generator:
 # The method.
 
 
+def outline_blend_mask(
+    points68: np.ndarray | None,
+    box: Box,
+    *,
+    feather: float = 0.12,
+    outer_feather: float = OUTER_FEATHER["outline"],
+    forehead: float = OUTLINE_FOREHEAD,
+) -> np.ndarray:
+    """Blend weights ``(h, w)``: the generated face inside the face outline, the photo beyond.
+
+    The face is the convex hull of the jaw line, the brows and the brows raised by
+    ``forehead`` of the brow-to-chin height. The weight is 1 inside it and falls linearly
+    to 0 over ``outer_feather`` of the shorter side beyond it, and is never above the
+    narrow box ramp of ``feather``
+    (:func:`faceanon.landmarks.feather_mask`), so every value lies in ``[0, 1]``, it is 0
+    on the box edge, and pixels outside the box never change.
+
+    The generator paints a whole square, with a face outline of its own that often runs
+    along the box edge; background, hair and ears that the box cuts keep their straight
+    edge there. Following the real face outline instead, only the face is replaced and
+    the box corners keep the photo. Without landmarks (``points68`` is ``None``) the
+    outline is unknown, and the mask is the narrow box ramp: the whole box is replaced.
+    """
+    x, y, w, h = box
+    narrow = feather_mask(h, w, border=feather)
+    if points68 is None:
+        return narrow
+    points = np.asarray(points68, np.float32) - np.array([x, y], np.float32)
+    brows = points[17:27]
+    height = max(1.0, float(points[8, 1] - brows[:, 1].mean()))
+    raised = brows - np.array([0.0, forehead * height], np.float32)
+    hull = cv2.convexHull(np.round(np.vstack([points[:17], brows, raised])).astype(np.int32))
+    outside = np.ones((h, w), np.uint8)
+    cv2.fillConvexPoly(outside, hull, 0)
+    distance = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    side = min(w, h)
+    face = 1.0 - distance / max(1.0, outer_feather * side)
+    return np.minimum(np.clip(face, 0.0, 1.0), narrow).astype(np.float32)
+
+
 class DeepPrivacy(Method):
     """Replace each face with one a conditional GAN paints from the surroundings and pose.
 
@@ -381,13 +426,17 @@ class DeepPrivacy(Method):
         wider ramp (``outer_feather``) except on the face's features (from the landmarks),
         where it is ``feather`` (:func:`faceanon.landmarks.feature_blend_mask`): more of
         the photo survives around the face (higher SSIM and PSNR), at a small cost in
-        privacy, and the box-edge seam is not reduced (see Notes).
+        privacy, and the box-edge seam is not reduced (see Notes). ``"outline"``: the
+        generated face inside the face's outline from the landmarks
+        (:func:`outline_blend_mask`), the photo beyond it, each ramp inside the box:
+        the straight edge of the generated square no longer shows (see Notes).
     feather
         Width of the narrow blend ramp inside the box, as a share of its shorter side; 0
         pastes a hard-edged box. Every ramp lies inside the box, so pixels outside never
         change.
     outer_feather
-        Width of the wide ramp away from the features (``blend="features"``).
+        Width of the wide ramp away from the features (``blend="features"``, default
+        0.25) or beyond the face outline (``blend="outline"``, default 0.15).
     threads
         torch CPU threads, set when the model loads (``None`` leaves torch's setting). One
         thread runs a 64x64 face in about 40 ms; more threads only contend with the
@@ -418,7 +467,7 @@ class DeepPrivacy(Method):
         weights: str | Path | None = None,
         blend: str = "box",
         feather: float = 0.12,
-        outer_feather: float = 0.25,
+        outer_feather: float | None = None,
         threads: int | None = 1,
     ):
         _require_torch()
@@ -426,10 +475,17 @@ class DeepPrivacy(Method):
             raise MethodError(
                 f"deepprivacy: blend must be one of {', '.join(BLENDS)}, got {blend!r}"
             )
+        if outer_feather is None:
+            outer_feather = OUTER_FEATHER.get(blend, OUTER_FEATHER["features"])
         if not 0 <= feather <= 0.5 or (blend == "features" and not feather <= outer_feather <= 0.5):
             raise MethodError(
                 "deepprivacy: need 0 <= feather <= 0.5, and feather <= outer_feather <= 0.5 "
                 f"for the feature blend; got feather={feather}, outer_feather={outer_feather}"
+            )
+        if blend == "outline" and not 0 < outer_feather <= 0.5:
+            raise MethodError(
+                "deepprivacy: the outline blend needs 0 < outer_feather <= 0.5, "
+                f"got {outer_feather}"
             )
         if weights is None:
             weights = os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS
@@ -507,6 +563,10 @@ class DeepPrivacy(Method):
         # Warp the crop back onto the box only: sample the generated crop at each box pixel.
         if self.blend == "features":
             alpha = feature_blend_mask(
+                points, box, feather=self.feather, outer_feather=self.outer_feather
+            )
+        elif self.blend == "outline":
+            alpha = outline_blend_mask(
                 points, box, feather=self.feather, outer_feather=self.outer_feather
             )
         else:

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 __all__ = ["UTILITY_MEASURES", "frontier_figure", "frontier_points", "make_frontier",
-           "pareto_optimal"]
+           "method_colours", "pareto_optimal"]
 
 #: measure -> how it is drawn: axis label, whether higher is more utility, the factor the
 #: axis shows it at. Retention, NME and SSIM are the issue's three.
@@ -94,8 +94,14 @@ def pareto_optimal(points: Sequence[Mapping], measure: str) -> list[int]:
     return optimal
 
 
+def method_colours(points: Sequence[Mapping]) -> dict[str, str]:
+    """One colour per method, in the order the points list them, the same in every figure."""
+    methods = dict.fromkeys(p["method"] for p in points)
+    return {m: METHOD_COLOURS[i % len(METHOD_COLOURS)] for i, m in enumerate(methods)}
+
+
 def frontier_figure(points: Sequence[Mapping], *, measure: str, chance: float | None,
-                    name: str) -> str | None:
+                    name: str, colours: Mapping[str, str] | None = None) -> str | None:
     """One frontier as inline SVG; None when no point has both values.
 
     Parameters
@@ -108,6 +114,9 @@ def frontier_figure(points: Sequence[Mapping], *, measure: str, chance: float | 
         Chance-level rank-1 (a vertical dashed line).
     name : str
         Unique on the page (the SVG's ids are salted with it).
+    colours : mapping, optional
+        Method -> colour (default :func:`method_colours` of ``points``), so that a method
+        keeps its colour in every figure of the page.
     """
     from faceanon.report.plots import _new_figure, _styled, _text, _to_svg
 
@@ -116,18 +125,18 @@ def frontier_figure(points: Sequence[Mapping], *, measure: str, chance: float | 
                 and p.get(measure) is not None and np.isfinite(float(p[measure]))]
     if not drawable:
         return None
+    colours = colours or method_colours(points)
 
     @_styled
     def draw() -> str:
-        figure = _new_figure(5.2, 3.8)
+        figure = _new_figure(5.0, 3.3)
         ax = figure.add_subplot()
-        methods = list(dict.fromkeys(p["method"] for p in drawable))
-        for index, method in enumerate(methods):
+        for method in dict.fromkeys(p["method"] for p in drawable):
             mine = sorted((p for p in drawable if p["method"] == method),
                           key=lambda p: _k_order(p["k"]))
             x = [100 * float(p["rank1"]) for p in mine]
             y = [spec["scale"] * float(p[measure]) for p in mine]
-            colour = METHOD_COLOURS[index % len(METHOD_COLOURS)]
+            colour = colours[method]
             ax.plot(x, y, marker="o", markersize=4.5, linewidth=1.3, color=colour,
                     label=_text(method))
             for p, px, py in zip(mine, x, y, strict=True):
@@ -146,7 +155,7 @@ def frontier_figure(points: Sequence[Mapping], *, measure: str, chance: float | 
         ax.set_xlabel("worst-case rank-1, % (strongest attack; lower = more private)")
         ax.set_ylabel(_text(spec["label"]))
         ax.set_xlim(left=0)
-        ax.legend(loc="best", frameon=False)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
         return _to_svg(figure, name=name)
 
     return draw()
@@ -165,10 +174,10 @@ def make_frontier(worst: Sequence[Mapping], utility: Sequence[Mapping], *,
     points = frontier_points(worst, utility)
     if not points:
         return None
-    figures = []
+    figures, colours = [], method_colours(points)
     for measure, spec in UTILITY_MEASURES.items():
         svg = frontier_figure(points, measure=measure, chance=chance,
-                              name=f"frontier-{measure}")
+                              name=f"frontier-{measure}", colours=colours)
         if svg is not None:
             figures.append({"measure": measure, "label": spec["label"], "svg": svg})
     return {"points": points, "figures": figures}
