@@ -131,8 +131,11 @@ def main() -> None:
     ]
     for path in weights:
         for spec in args.blends.split(","):
-            blend, *ramps = spec.split(":")
+            blend_spec, _, limit = spec.partition("@")
+            blend, *ramps = blend_spec.split(":")
             options = dict(zip(("feather", "outer_feather"), map(float, ramps), strict=False))
+            if limit:  # BLEND@LIMIT: the seam limit (DeepPrivacy's seam_limit), @none: off
+                options["seam_limit"] = None if limit == "none" else float(limit)
             method = DeepPrivacy(weights=path, blend=blend, **options)
             resolution = method.generator.config.resolution
             name = f"{Path(path).name} ({resolution} px), {spec}"

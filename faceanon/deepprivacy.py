@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,12 +56,15 @@ WEIGHTS_FORMAT = "faceanon-deepprivacy"
 #: The context crop is this many times the longer box side, centred on the box.
 CONTEXT = 2.0
 #: How a generated face is blended into its box (see :class:`DeepPrivacy`).
-BLENDS = ("box", "features", "outline")
-#: The wide ramp's width by blend when none is given (``outer_feather``).
-OUTER_FEATHER = {"features": 0.25, "outline": 0.15}
-#: The outline blend's face: the convex hull of the jaw (landmarks 0-16), the brows (17-26)
-#: and the brows raised by this share of the brow-to-chin height (the forehead).
-OUTLINE_FOREHEAD = 0.3
+BLENDS = ("box", "features")
+#: An edge of the box whose seam (:func:`faceanon.utility.edge_seam`) is above this after
+#: the blend is blended again over :data:`SEAM_FEATHER` (``seam_limit``, ``None``: never).
+SEAM_LIMIT = 1.5
+#: The ramp of a box edge that showed a seam, as a share of the box's shorter side.
+SEAM_FEATHER = 0.3
+#: Pixels around the box that the seam check reads (its lines reach 2 px outside the box,
+#: and its smoothing along the edge a few sigma further).
+_SEAM_MARGIN = 12
 #: Keypoint Gaussians have this standard deviation, in model pixels at 64x64; other
 #: resolutions scale it, so a keypoint covers the same share of the face.
 KEYPOINT_SIGMA = 1.2
@@ -373,44 +376,36 @@ def load_generator(path) -> Generator:
 # The method.
 
 
-def outline_blend_mask(
-    points68: np.ndarray | None,
-    box: Box,
-    *,
-    feather: float = 0.12,
-    outer_feather: float = OUTER_FEATHER["outline"],
-    forehead: float = OUTLINE_FOREHEAD,
-) -> np.ndarray:
-    """Blend weights ``(h, w)``: the generated face inside the face outline, the photo beyond.
-
-    The face is the convex hull of the jaw line, the brows and the brows raised by
-    ``forehead`` of the brow-to-chin height. The weight is 1 inside it and falls linearly
-    to 0 over ``outer_feather`` of the shorter side beyond it, and is never above the
-    narrow box ramp of ``feather``
-    (:func:`faceanon.landmarks.feather_mask`), so every value lies in ``[0, 1]``, it is 0
-    on the box edge, and pixels outside the box never change.
-
-    The generator paints a whole square, with a face outline of its own that often runs
-    along the box edge; background, hair and ears that the box cuts keep their straight
-    edge there. Following the real face outline instead, only the face is replaced and
-    the box corners keep the photo. Without landmarks (``points68`` is ``None``) the
-    outline is unknown, and the mask is the narrow box ramp: the whole box is replaced.
+def edge_ramps(height: int, width: int, ramps: Mapping[str, float]) -> np.ndarray:
+    """A float32 ``(height, width)`` mask like :func:`~faceanon.landmarks.feather_mask`,
+    with its own ramp width per edge (``top``, ``bottom``, ``left``, ``right``: shares of
+    the shorter side). Equal widths give :func:`~faceanon.landmarks.feather_mask` exactly.
     """
+    side = min(height, width)
+    top, bottom, left, right = (max(1.0, ramps[e] * side)
+                                for e in ("top", "bottom", "left", "right"))
+    ys = np.arange(height, dtype=np.float32) + 0.5
+    xs = np.arange(width, dtype=np.float32) + 0.5
+    dy = np.minimum(ys / np.float32(top), (height - ys) / np.float32(bottom))
+    dx = np.minimum(xs / np.float32(left), (width - xs) / np.float32(right))
+    return np.clip(np.minimum(dy[:, None], dx[None, :]), 0.0, 1.0).astype(np.float32)
+
+
+def seamed_edges(before: np.ndarray, after: np.ndarray, box: Box, *, limit: float) -> list[str]:
+    """The edges of ``box`` whose seam in ``after`` against ``before`` is above ``limit``.
+
+    :func:`faceanon.utility.edge_seam` on a crop :data:`_SEAM_MARGIN` pixels around the
+    box (what it reads), so a large photograph costs no more than its face.
+    """
+    from faceanon.utility import edge_seam
+
     x, y, w, h = box
-    narrow = feather_mask(h, w, border=feather)
-    if points68 is None:
-        return narrow
-    points = np.asarray(points68, np.float32) - np.array([x, y], np.float32)
-    brows = points[17:27]
-    height = max(1.0, float(points[8, 1] - brows[:, 1].mean()))
-    raised = brows - np.array([0.0, forehead * height], np.float32)
-    hull = cv2.convexHull(np.round(np.vstack([points[:17], brows, raised])).astype(np.int32))
-    outside = np.ones((h, w), np.uint8)
-    cv2.fillConvexPoly(outside, hull, 0)
-    distance = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    side = min(w, h)
-    face = 1.0 - distance / max(1.0, outer_feather * side)
-    return np.minimum(np.clip(face, 0.0, 1.0), narrow).astype(np.float32)
+    rows, cols = before.shape[:2]
+    x0, y0 = max(x - _SEAM_MARGIN, 0), max(y - _SEAM_MARGIN, 0)
+    x1, y1 = min(x + w + _SEAM_MARGIN, cols), min(y + h + _SEAM_MARGIN, rows)
+    # An edge on the crop's border is on the image's: edge_seam leaves both out.
+    seams = edge_seam(before[y0:y1, x0:x1], after[y0:y1, x0:x1], (x - x0, y - y0, w, h))
+    return [edge for edge, value in seams.items() if math.isfinite(value) and value > limit]
 
 
 class DeepPrivacy(Method):
@@ -426,17 +421,18 @@ class DeepPrivacy(Method):
         wider ramp (``outer_feather``) except on the face's features (from the landmarks),
         where it is ``feather`` (:func:`faceanon.landmarks.feature_blend_mask`): more of
         the photo survives around the face (higher SSIM and PSNR), at a small cost in
-        privacy, and the box-edge seam is not reduced (see Notes). ``"outline"``: the
-        generated face inside the face's outline from the landmarks
-        (:func:`outline_blend_mask`), the photo beyond it, each ramp inside the box:
-        the straight edge of the generated square no longer shows (see Notes).
+        privacy, and the box-edge seam is not reduced (see Notes).
     feather
         Width of the narrow blend ramp inside the box, as a share of its shorter side; 0
         pastes a hard-edged box. Every ramp lies inside the box, so pixels outside never
         change.
     outer_feather
-        Width of the wide ramp away from the features (``blend="features"``, default
-        0.25) or beyond the face outline (``blend="outline"``, default 0.15).
+        Width of the wide ramp away from the features (``blend="features"``).
+    seam_limit
+        After the blend, each box edge whose seam (:func:`faceanon.utility.edge_seam`,
+        the new straight edge against the photo's) is above this is blended again with a
+        ramp of :data:`SEAM_FEATHER` on that edge only; ``None`` never does. Default
+        :data:`SEAM_LIMIT`.
     threads
         torch CPU threads, set when the model loads (``None`` leaves torch's setting). One
         thread runs a 64x64 face in about 40 ms; more threads only contend with the
@@ -467,7 +463,8 @@ class DeepPrivacy(Method):
         weights: str | Path | None = None,
         blend: str = "box",
         feather: float = 0.12,
-        outer_feather: float | None = None,
+        outer_feather: float = 0.25,
+        seam_limit: float | None = SEAM_LIMIT,
         threads: int | None = 1,
     ):
         _require_torch()
@@ -475,17 +472,10 @@ class DeepPrivacy(Method):
             raise MethodError(
                 f"deepprivacy: blend must be one of {', '.join(BLENDS)}, got {blend!r}"
             )
-        if outer_feather is None:
-            outer_feather = OUTER_FEATHER.get(blend, OUTER_FEATHER["features"])
         if not 0 <= feather <= 0.5 or (blend == "features" and not feather <= outer_feather <= 0.5):
             raise MethodError(
                 "deepprivacy: need 0 <= feather <= 0.5, and feather <= outer_feather <= 0.5 "
                 f"for the feature blend; got feather={feather}, outer_feather={outer_feather}"
-            )
-        if blend == "outline" and not 0 < outer_feather <= 0.5:
-            raise MethodError(
-                "deepprivacy: the outline blend needs 0 < outer_feather <= 0.5, "
-                f"got {outer_feather}"
             )
         if weights is None:
             weights = os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS
@@ -493,6 +483,9 @@ class DeepPrivacy(Method):
         self.blend = blend
         self.feather = float(feather)
         self.outer_feather = float(outer_feather)
+        if seam_limit is not None and not seam_limit > 0:
+            raise MethodError(f"deepprivacy: seam_limit must be positive or None, got {seam_limit}")
+        self.seam_limit = None if seam_limit is None else float(seam_limit)
         self.threads = threads
         self._generator = None
 
@@ -509,6 +502,7 @@ class DeepPrivacy(Method):
         info = super().describe()
         info["weights"] = str(self.weights)
         info["blend"] = self.blend
+        info["seam_limit"] = self.seam_limit
         if self.weights.is_file():
             info["weights_sha256"] = hashlib.sha256(self.weights.read_bytes()).hexdigest()
         return info
@@ -565,10 +559,20 @@ class DeepPrivacy(Method):
             alpha = feature_blend_mask(
                 points, box, feather=self.feather, outer_feather=self.outer_feather
             )
-        elif self.blend == "outline":
-            alpha = outline_blend_mask(
-                points, box, feather=self.feather, outer_feather=self.outer_feather
-            )
         else:
             alpha = feather_mask(h, w, border=self.feather) if self.feather > 0 else 1.0
+        before = out[y : y + h, x : x + w].copy()
         paste_warped(out, generated, matrix, box, alpha=alpha, interpolation=cv2.INTER_CUBIC)
+        if self.seam_limit is None:
+            return
+        # The generator often paints a straight edge of its own along the box (a face
+        # outline, a colour step) where the photo has none: widen the ramp on those edges
+        # only, so the face stays replaced as by the narrow ramp everywhere else.
+        seamed = seamed_edges(image, out, box, limit=self.seam_limit)
+        if seamed:
+            ramps = {e: SEAM_FEATHER if e in seamed else self.feather
+                     for e in ("top", "bottom", "left", "right")}
+            out[y : y + h, x : x + w] = before
+            widened = np.minimum(alpha, edge_ramps(h, w, ramps))
+            paste_warped(out, generated, matrix, box, alpha=widened,
+                         interpolation=cv2.INTER_CUBIC)
