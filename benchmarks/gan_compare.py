@@ -103,7 +103,8 @@ def main() -> None:
     parser.add_argument(
         "--blends",
         default=",".join(BLENDS),
-        help="comma-separated BLEND[:FEATHER[:OUTER_FEATHER]], e.g. features,box,box:0.25",
+        help="comma-separated BLEND[:FEATHER[:OUTER_FEATHER]][@SEAM_LIMIT[/SEAM_FEATHER]|@none],"
+        " e.g. features,box,box@none,box:0.25",
     )
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args()
@@ -134,8 +135,11 @@ def main() -> None:
             blend_spec, _, limit = spec.partition("@")
             blend, *ramps = blend_spec.split(":")
             options = dict(zip(("feather", "outer_feather"), map(float, ramps), strict=False))
-            if limit:  # BLEND@LIMIT: the seam limit (DeepPrivacy's seam_limit), @none: off
+            if limit:  # BLEND@LIMIT[/RAMP]: seam_limit (@none: off) and seam_feather
+                limit, _, ramp = limit.partition("/")
                 options["seam_limit"] = None if limit == "none" else float(limit)
+                if ramp:
+                    options["seam_feather"] = float(ramp)
             method = DeepPrivacy(weights=path, blend=blend, **options)
             resolution = method.generator.config.resolution
             name = f"{Path(path).name} ({resolution} px), {spec}"

@@ -67,9 +67,15 @@ def main() -> None:
     parser.add_argument("--identities", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the results databases in this (new) folder")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="utility-overhead-") as folder:
+    with tempfile.TemporaryDirectory(prefix="utility-overhead-") as scratch:
+        folder = scratch
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=False)
+            folder = args.keep
         for round_ in range(args.rounds):
             walls, cases = {}, {}
             order = (False, True) if round_ % 2 == 0 else (True, False)

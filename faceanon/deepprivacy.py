@@ -59,9 +59,9 @@ CONTEXT = 2.0
 BLENDS = ("box", "features")
 #: An edge of the box whose seam (:func:`faceanon.utility.edge_seam`) is above this after
 #: the blend is blended again over :data:`SEAM_FEATHER` (``seam_limit``, ``None``: never).
-SEAM_LIMIT = 1.5
+SEAM_LIMIT = 2.0
 #: The ramp of a box edge that showed a seam, as a share of the box's shorter side.
-SEAM_FEATHER = 0.3
+SEAM_FEATHER = 0.2
 #: Pixels around the box that the seam check reads (its lines reach 2 px outside the box,
 #: and its smoothing along the edge a few sigma further).
 _SEAM_MARGIN = 12
@@ -431,8 +431,11 @@ class DeepPrivacy(Method):
     seam_limit
         After the blend, each box edge whose seam (:func:`faceanon.utility.edge_seam`,
         the new straight edge against the photo's) is above this is blended again with a
-        ramp of :data:`SEAM_FEATHER` on that edge only; ``None`` never does. Default
+        ramp of ``seam_feather`` on that edge only; ``None`` never does. Default
         :data:`SEAM_LIMIT`.
+    seam_feather
+        That wider ramp, as a share of the box's shorter side (default
+        :data:`SEAM_FEATHER`; a value below ``feather`` leaves the edge as it was).
     threads
         torch CPU threads, set when the model loads (``None`` leaves torch's setting). One
         thread runs a 64x64 face in about 40 ms; more threads only contend with the
@@ -465,6 +468,7 @@ class DeepPrivacy(Method):
         feather: float = 0.12,
         outer_feather: float = 0.25,
         seam_limit: float | None = SEAM_LIMIT,
+        seam_feather: float = SEAM_FEATHER,
         threads: int | None = 1,
     ):
         _require_torch()
@@ -486,6 +490,9 @@ class DeepPrivacy(Method):
         if seam_limit is not None and not seam_limit > 0:
             raise MethodError(f"deepprivacy: seam_limit must be positive or None, got {seam_limit}")
         self.seam_limit = None if seam_limit is None else float(seam_limit)
+        if not 0 <= seam_feather <= 0.5:
+            raise MethodError(f"deepprivacy: need 0 <= seam_feather <= 0.5, got {seam_feather}")
+        self.seam_feather = float(seam_feather)
         self.threads = threads
         self._generator = None
 
@@ -503,6 +510,7 @@ class DeepPrivacy(Method):
         info["weights"] = str(self.weights)
         info["blend"] = self.blend
         info["seam_limit"] = self.seam_limit
+        info["seam_feather"] = self.seam_feather
         if self.weights.is_file():
             info["weights_sha256"] = hashlib.sha256(self.weights.read_bytes()).hexdigest()
         return info
@@ -570,7 +578,8 @@ class DeepPrivacy(Method):
         # only, so the face stays replaced as by the narrow ramp everywhere else.
         seamed = seamed_edges(image, out, box, limit=self.seam_limit)
         if seamed:
-            ramps = {e: SEAM_FEATHER if e in seamed else self.feather
+            wide = max(self.feather, self.seam_feather)  # a seamed edge never gets narrower
+            ramps = {e: wide if e in seamed else self.feather
                      for e in ("top", "bottom", "left", "right")}
             out[y : y + h, x : x + w] = before
             widened = np.minimum(alpha, edge_ramps(h, w, ramps))

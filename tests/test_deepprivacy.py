@@ -288,14 +288,14 @@ def test_the_seam_limit_widens_only_seamed_edges_and_never_outside_the_box(lfw):
         outside = np.ones(image.shape[:2], bool)
         outside[y : y + h, x : x + w] = False
         assert np.array_equal(b[outside], image[outside])
-        seams = seamed_edges(image, a, boxes[0], limit=1.5)
+        seams = seamed_edges(image, a, boxes[0], limit=checked.seam_limit)
         if not seams:
             assert np.array_equal(a, b)
             continue
         widened += 1
         # the middle of the box, beyond every widened ramp, is the plain blend's
-        inner = (slice(y + int(0.3 * min(w, h)) + 1, y + h - int(0.3 * min(w, h)) - 1),
-                 slice(x + int(0.3 * min(w, h)) + 1, x + w - int(0.3 * min(w, h)) - 1))
+        ramp = int(checked.seam_feather * min(w, h)) + 1
+        inner = (slice(y + ramp, y + h - ramp), slice(x + ramp, x + w - ramp))
         assert np.array_equal(a[inner], b[inner])
         after = edge_seam(image, b, boxes[0])
         before = edge_seam(image, a, boxes[0])
