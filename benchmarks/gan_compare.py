@@ -8,7 +8,9 @@ Privacy (naive mode, plain loop)
     The probes are anonymized (dlib HOG boxes; the whole image where none is found, as the
     benchmark does) and searched among the original gallery with dlib's ResNet: rank-1 is
     the share of probes whose nearest gallery face is their own identity, a probe in which
-    no face is found counting as a miss; FTA is the share of such probes. Lower rank-1 is
+    no face is found counting as a miss; FTA is the share of such probes. ``located``:
+    rank-1 of the attacker who knows where the face is (the largest anonymized box is
+    encoded, no detection), as the benchmark's ``located`` attack. Lower rank-1 is
     more privacy. With 250 identities one probe is 0.4 points.
 Utility (:mod:`faceanon.utility`, on the same anonymized probes)
     Detection retention, landmark NME and where landmarks could be placed, SSIM and PSNR
@@ -60,13 +62,16 @@ def _mean(values) -> float:
 
 def evaluate(name, anonymize, probes, gallery, recognizer) -> dict:
     """Anonymize every probe, then measure privacy and utility."""
-    embeddings, results, seams, seconds = [], [], [], 0.0
+    embeddings, located, results, seams, seconds = [], [], [], [], 0.0
     for i, (image, regions, ref) in enumerate(probes):
         start = time.perf_counter()
         out = anonymize(image, regions, np.random.default_rng(i))
         seconds += time.perf_counter() - start
         encoding = recognizer.encode(out)
         embeddings.append(encoding.embedding)
+        # The located attacker knows where the face was (the largest region anonymized).
+        x, y, w, h = max(regions, key=lambda r: r[2] * r[3])
+        located.append(recognizer.encode(out, box=(y, x + w, y + h, x)).embedding)
         # HOG on the whole image: the recognizer keeps only the largest face's box.
         result = utility.measure(ref, out, regions)
         if not result.outside_unchanged:
@@ -80,6 +85,7 @@ def evaluate(name, anonymize, probes, gallery, recognizer) -> dict:
     return {
         "variant": name,
         "rank1": _rank1(embeddings, gallery),
+        "rank1_located": _rank1(located, gallery),
         "fta": float(np.mean([e is None for e in embeddings])),
         "retention": float(np.mean([f.retained for f in faces])) if faces else math.nan,
         "landmarks_placed": float(np.mean([f.landmarks_placed for f in faces])) if faces else 0,
@@ -103,7 +109,8 @@ def main() -> None:
     parser.add_argument(
         "--blends",
         default=",".join(BLENDS),
-        help="comma-separated BLEND[:FEATHER[:OUTER_FEATHER]], e.g. features,box,box:0.25",
+        help="comma-separated BLEND[:FEATHER[:OUTER_FEATHER]][@SEAM_LIMIT[/SEAM_FEATHER]|@none],"
+        " e.g. features,box,box@none,box:0.25",
     )
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args()
@@ -131,8 +138,14 @@ def main() -> None:
     ]
     for path in weights:
         for spec in args.blends.split(","):
-            blend, *ramps = spec.split(":")
+            blend_spec, _, limit = spec.partition("@")
+            blend, *ramps = blend_spec.split(":")
             options = dict(zip(("feather", "outer_feather"), map(float, ramps), strict=False))
+            if limit:  # BLEND@LIMIT[/RAMP]: seam_limit (@none: off) and seam_feather
+                limit, _, ramp = limit.partition("/")
+                options["seam_limit"] = None if limit == "none" else float(limit)
+                if ramp:
+                    options["seam_feather"] = float(ramp)
             method = DeepPrivacy(weights=path, blend=blend, **options)
             resolution = method.generator.config.resolution
             name = f"{Path(path).name} ({resolution} px), {spec}"
@@ -146,6 +159,7 @@ def main() -> None:
     print(f"{len(probes)} LFW identities (naive: anonymized probes against original gallery)")
     columns = (
         ("rank1", "rank-1", "{:.3f}"),
+        ("rank1_located", "located", "{:.3f}"),
         ("fta", "FTA", "{:.3f}"),
         ("retention", "detected", "{:.3f}"),
         ("nme", "NME", "{:.3f}"),

@@ -39,7 +39,8 @@ def main() -> None:
     parser.add_argument(
         "--blends",
         default="box,features,box:0.25:0.25",
-        help="comma-separated BLEND[:FEATHER[:OUTER_FEATHER]], e.g. box,features,box:0.25",
+        help="comma-separated BLEND[:FEATHER[:OUTER_FEATHER]][@SEAM_LIMIT[/SEAM_FEATHER]|@none], "
+        "e.g. box,box@none,features,box:0.25",
     )
     args = parser.parse_args()
 
@@ -57,8 +58,14 @@ def main() -> None:
     print(f"{len(faces)} LFW faces, weights {args.weights}")
     print(f"{'blend':14s} {'median':>7s} {'p90':>7s} {'max':>7s} {'>2':>6s} {'ms/face':>8s}")
     for spec in args.blends.split(","):
-        blend, *ramps = spec.split(":")
+        blend_spec, _, limit = spec.partition("@")
+        blend, *ramps = blend_spec.split(":")
         options = dict(zip(("feather", "outer_feather"), map(float, ramps), strict=False))
+        if limit:  # BLEND@LIMIT[/RAMP]: seam_limit (@none: off) and seam_feather
+            limit, _, ramp = limit.partition("/")
+            options["seam_limit"] = None if limit == "none" else float(limit)
+            if ramp:
+                options["seam_feather"] = float(ramp)
         method = DeepPrivacy(weights=args.weights, blend=blend, **options)
         worst, seconds = [], 0.0
         for i, (image, box) in enumerate(faces):

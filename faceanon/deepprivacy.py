@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -57,6 +57,14 @@ WEIGHTS_FORMAT = "faceanon-deepprivacy"
 CONTEXT = 2.0
 #: How a generated face is blended into its box (see :class:`DeepPrivacy`).
 BLENDS = ("box", "features")
+#: An edge of the box whose seam (:func:`faceanon.utility.edge_seam`) is above this after
+#: the blend is blended again over :data:`SEAM_FEATHER` (``seam_limit``, ``None``: never).
+SEAM_LIMIT = 2.0
+#: The ramp of a box edge that showed a seam, as a share of the box's shorter side.
+SEAM_FEATHER = 0.2
+#: Pixels around the box that the seam check reads (its lines reach 2 px outside the box,
+#: and its smoothing along the edge a few sigma further).
+_SEAM_MARGIN = 12
 #: Keypoint Gaussians have this standard deviation, in model pixels at 64x64; other
 #: resolutions scale it, so a keypoint covers the same share of the face.
 KEYPOINT_SIGMA = 1.2
@@ -368,6 +376,38 @@ def load_generator(path) -> Generator:
 # The method.
 
 
+def edge_ramps(height: int, width: int, ramps: Mapping[str, float]) -> np.ndarray:
+    """A float32 ``(height, width)`` mask like :func:`~faceanon.landmarks.feather_mask`,
+    with its own ramp width per edge (``top``, ``bottom``, ``left``, ``right``: shares of
+    the shorter side). Equal widths give :func:`~faceanon.landmarks.feather_mask` exactly.
+    """
+    side = min(height, width)
+    top, bottom, left, right = (max(1.0, ramps[e] * side)
+                                for e in ("top", "bottom", "left", "right"))
+    ys = np.arange(height, dtype=np.float32) + 0.5
+    xs = np.arange(width, dtype=np.float32) + 0.5
+    dy = np.minimum(ys / np.float32(top), (height - ys) / np.float32(bottom))
+    dx = np.minimum(xs / np.float32(left), (width - xs) / np.float32(right))
+    return np.clip(np.minimum(dy[:, None], dx[None, :]), 0.0, 1.0).astype(np.float32)
+
+
+def seamed_edges(before: np.ndarray, after: np.ndarray, box: Box, *, limit: float) -> list[str]:
+    """The edges of ``box`` whose seam in ``after`` against ``before`` is above ``limit``.
+
+    :func:`faceanon.utility.edge_seam` on a crop :data:`_SEAM_MARGIN` pixels around the
+    box (what it reads), so a large photograph costs no more than its face.
+    """
+    from faceanon.utility import edge_seam
+
+    x, y, w, h = box
+    rows, cols = before.shape[:2]
+    x0, y0 = max(x - _SEAM_MARGIN, 0), max(y - _SEAM_MARGIN, 0)
+    x1, y1 = min(x + w + _SEAM_MARGIN, cols), min(y + h + _SEAM_MARGIN, rows)
+    # An edge on the crop's border is on the image's: edge_seam leaves both out.
+    seams = edge_seam(before[y0:y1, x0:x1], after[y0:y1, x0:x1], (x - x0, y - y0, w, h))
+    return [edge for edge, value in seams.items() if math.isfinite(value) and value > limit]
+
+
 class DeepPrivacy(Method):
     """Replace each face with one a conditional GAN paints from the surroundings and pose.
 
@@ -388,6 +428,14 @@ class DeepPrivacy(Method):
         change.
     outer_feather
         Width of the wide ramp away from the features (``blend="features"``).
+    seam_limit
+        After the blend, each box edge whose seam (:func:`faceanon.utility.edge_seam`,
+        the new straight edge against the photo's) is above this is blended again with a
+        ramp of ``seam_feather`` on that edge only; ``None`` never does. Default
+        :data:`SEAM_LIMIT`.
+    seam_feather
+        That wider ramp, as a share of the box's shorter side (default
+        :data:`SEAM_FEATHER`; a value below ``feather`` leaves the edge as it was).
     threads
         torch CPU threads, set when the model loads (``None`` leaves torch's setting). One
         thread runs a 64x64 face in about 40 ms; more threads only contend with the
@@ -419,6 +467,8 @@ class DeepPrivacy(Method):
         blend: str = "box",
         feather: float = 0.12,
         outer_feather: float = 0.25,
+        seam_limit: float | None = SEAM_LIMIT,
+        seam_feather: float = SEAM_FEATHER,
         threads: int | None = 1,
     ):
         _require_torch()
@@ -437,6 +487,12 @@ class DeepPrivacy(Method):
         self.blend = blend
         self.feather = float(feather)
         self.outer_feather = float(outer_feather)
+        if seam_limit is not None and not seam_limit > 0:
+            raise MethodError(f"deepprivacy: seam_limit must be positive or None, got {seam_limit}")
+        self.seam_limit = None if seam_limit is None else float(seam_limit)
+        if not 0 <= seam_feather <= 0.5:
+            raise MethodError(f"deepprivacy: need 0 <= seam_feather <= 0.5, got {seam_feather}")
+        self.seam_feather = float(seam_feather)
         self.threads = threads
         self._generator = None
 
@@ -453,6 +509,8 @@ class DeepPrivacy(Method):
         info = super().describe()
         info["weights"] = str(self.weights)
         info["blend"] = self.blend
+        info["seam_limit"] = self.seam_limit
+        info["seam_feather"] = self.seam_feather
         if self.weights.is_file():
             info["weights_sha256"] = hashlib.sha256(self.weights.read_bytes()).hexdigest()
         return info
@@ -511,4 +569,19 @@ class DeepPrivacy(Method):
             )
         else:
             alpha = feather_mask(h, w, border=self.feather) if self.feather > 0 else 1.0
+        before = out[y : y + h, x : x + w].copy()
         paste_warped(out, generated, matrix, box, alpha=alpha, interpolation=cv2.INTER_CUBIC)
+        if self.seam_limit is None:
+            return
+        # The generator often paints a straight edge of its own along the box (a face
+        # outline, a colour step) where the photo has none: widen the ramp on those edges
+        # only, so the face stays replaced as by the narrow ramp everywhere else.
+        seamed = seamed_edges(image, out, box, limit=self.seam_limit)
+        if seamed:
+            wide = max(self.feather, self.seam_feather)  # a seamed edge never gets narrower
+            ramps = {e: wide if e in seamed else self.feather
+                     for e in ("top", "bottom", "left", "right")}
+            out[y : y + h, x : x + w] = before
+            widened = np.minimum(alpha, edge_ramps(h, w, ramps))
+            paste_warped(out, generated, matrix, box, alpha=widened,
+                         interpolation=cv2.INTER_CUBIC)

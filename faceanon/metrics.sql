@@ -430,3 +430,31 @@ SELECT p.case_id,
        (t.n_mated - p.cm) / nullif(t.n_mated, 0)                        AS fnmr_all
 FROM score_points p
 JOIN case_totals t USING (case_id);
+
+-- What anonymization cost, per (run, method, k): the image_utility rows of its anonymized
+-- images (one per image, shared by every mode and attack of the variant).
+--   retention         = faces still found by dlib HOG / the originals' faces
+--   landmarks_placed  = faces with 68 landmarks placed / the originals' faces
+--   nme               = mean NME over the faces where it is defined (n_nme_faces),
+--                       each image's mean weighted by its faces: lower keeps more pose
+--   ssim, ssim_face   = mean over images (whole image / anonymized regions)
+--   psnr, psnr_face   = median over images (a mean would be +inf as soon as one image is
+--                       unchanged; higher = closer to the original)
+--   n_outside_changed = images with a pixel changed outside their regions (must be 0)
+-- A share is NULL when its denominator is 0 (no face in any original).
+CREATE OR REPLACE TEMP VIEW utility_metrics AS
+SELECT run_id, method, k,
+       count(*)                                                  AS n_images,
+       sum(faces)                                                AS n_faces,
+       sum(retained_hog) / nullif(sum(faces), 0)                 AS retention,
+       sum(landmarks_placed) / nullif(sum(faces), 0)             AS landmarks_placed,
+       sum(nme * nme_faces) / nullif(sum(nme_faces), 0)          AS nme,
+       sum(nme_faces)                                            AS n_nme_faces,
+       avg(ssim)                                                 AS ssim,
+       median(psnr)                                              AS psnr,
+       avg(ssim_face)                                            AS ssim_face,
+       median(psnr_face)                                         AS psnr_face,
+       count(*) FILTER (WHERE changed_outside > 0)               AS n_outside_changed,
+       avg(seconds)                                              AS seconds_per_image
+FROM image_utility
+GROUP BY run_id, method, k;

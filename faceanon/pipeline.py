@@ -45,6 +45,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from faceanon import utility
 from faceanon.attacks import Attack, get_attack
 from faceanon.datasets import Dataset, Sample, Split
 from faceanon.errors import FaceanonError
@@ -81,6 +82,8 @@ class Settings:
     #: ``whole`` can be measured: every probe needs an anonymized image to be searched with.
     on_miss: OnMiss = OnMiss.WHOLE
     seed: int = 0
+    #: Measure each anonymized image's utility (:mod:`faceanon.utility`) where it is made.
+    utility: bool = True
 
     def __post_init__(self) -> None:
         on_miss = OnMiss.parse(self.on_miss)  # an unknown policy: OnMissError
@@ -110,6 +113,7 @@ class Settings:
             "margin": self.margin,
             "on_miss": self.on_miss.value,
             "seed": self.seed,
+            "utility": self.utility,
         }
 
 
@@ -132,6 +136,10 @@ class Encoded:
     attack: str = DEFAULT_ATTACK
     encoder: str = ""
     cache_key: str = ""
+    #: An original's :func:`faceanon.utility.detached` reference; an anonymized image's
+    #: :func:`faceanon.utility.image_record` (None when utility is not measured, and on
+    #: all but one of the attacks of an image: utility belongs to the image).
+    utility: object = None
 
 
 @dataclass(frozen=True)
@@ -240,11 +248,11 @@ def _worker_method(name: str) -> Method:
     return methods[name]
 
 
-def _regions(image: np.ndarray, settings: Settings) -> tuple:
+def _regions(image: np.ndarray, settings: Settings):
     from faceanon.detect import anonymization_regions
 
     return anonymization_regions(image, detector=settings.detector, region=settings.region,
-                                 margin=settings.margin, on_miss=settings.on_miss).boxes
+                                 margin=settings.margin, on_miss=settings.on_miss)
 
 
 @dataclass
@@ -263,6 +271,7 @@ class _Chipped:
     #: The attack object whose ``encode_chips`` describes the chip (None: the backend's
     #: own network, as for originals and every attack without a network of its own).
     encoded_by: Attack | None = None
+    utility: object = None
 
 
 def _chip(key: str, image: np.ndarray, anonymize_seconds: float = 0.0,
@@ -298,15 +307,16 @@ def _worker_attack(attack: Attack, variant: Variant) -> Attack:
 
 
 def _attacked_chips(key: str, anonymized: np.ndarray, anonymize_seconds: float, *,
-                    regions: tuple, face_box: tuple | None, variant: Variant,
-                    attacks: Sequence[Attack]) -> list[_Chipped]:
+                    variant: Variant, job: _AttackTask) -> list[_Chipped]:
     """Every attack of one anonymized image: restore in the regions, then its face chip.
 
     The attacks restore the regions the method anonymized (the original's anonymization
-    regions, clipped to the image) and find the face in ``face_box``, the original's
+    regions, clipped to the image) and find the face in ``job.face_box``, the original's
     face box ``(x, y, w, h)`` (None: the original had no face, and the attack's chip
-    falls back to detection).
+    falls back to detection). With ``job.utility`` (the original's reference), the
+    image's utility is measured here too, once, on the first attack's row.
     """
+    regions, face_box, attacks = job.regions, job.face_box, job.attacks
     from faceanon.detect import clip_box
 
     backend = _WORKER["backend"]
@@ -328,6 +338,13 @@ def _attacked_chips(key: str, anonymized: np.ndarray, anonymize_seconds: float, 
         face = attack.chip(restored, original_box=face_box, backend=backend)
         out.append(_Chipped(key, sha, face, anonymize_seconds, time.perf_counter() - start,
                             regions, attack.name, encoder, cache, attack))
+    if job.utility is not None and out:
+        # The detect attack's chip is the recognizer's detection on the published image:
+        # the utility measure reuses it rather than running HOG again.
+        detected = next((c.face for c in out if c.attack == DEFAULT_ATTACK), None)
+        out[0].utility = utility.image_record(
+            job.utility, anonymized, regions, original=_WORKER["images"].read(job.original),
+            detections=utility.recognizer_detections(detected, backend))
     return out
 
 
@@ -366,14 +383,20 @@ def _encode_batch(chipped: list[_Chipped]) -> list[Encoded]:
         else:
             encoding, seconds = Encoding(None, c.face.faces_found), c.chip_seconds
         out.append(Encoded(c.key, c.sha256, encoding, c.anonymize_seconds, seconds, c.boxes,
-                           c.attack, c.encoder, c.cache_key))
+                           c.attack, c.encoder, c.cache_key, c.utility))
     return out
 
 
 def _original_chip(task: tuple[str, str, bool]) -> list[_Chipped]:
     key, path, need_box = task
-    image = _WORKER["images"].read(path)
-    return [_chip(key, image, boxes=_regions(image, _WORKER["settings"]), need_box=need_box)]
+    image, settings = _WORKER["images"].read(path), _WORKER["settings"]
+    regions = _regions(image, settings)
+    chipped = _chip(key, image, boxes=regions.boxes, need_box=need_box)
+    if settings.utility:  # the original's faces and landmarks, once for all its variants
+        chipped.utility = utility.detached(utility.reference_for_regions(
+            image, regions.boxes, found=regions.found,
+            regions_are_faces=settings.region == "face" and settings.margin == 0))
+    return [chipped]
 
 
 @dataclass(frozen=True)
@@ -384,6 +407,10 @@ class _AttackTask:
     regions: tuple
     face_box: tuple | None
     attacks: tuple
+    #: The original's utility reference (None: utility is not measured for this image).
+    utility: object = None
+    #: The original's path (utility compares the anonymized image with it).
+    original: str | None = None
 
 
 def _variant_chip(task: tuple[str, str, Variant, _AttackTask]) -> list[_Chipped]:
@@ -396,15 +423,13 @@ def _variant_chip(task: tuple[str, str, Variant, _AttackTask]) -> list[_Chipped]
         image, list(job.regions), k=variant.k,
         rng=image_rng(settings.seed, variant.method, variant.k, key),
     )
-    return _attacked_chips(key, anonymized, time.perf_counter() - start,
-                           regions=job.regions, face_box=job.face_box, variant=variant,
-                           attacks=job.attacks)
+    return _attacked_chips(key, anonymized, time.perf_counter() - start, variant=variant,
+                           job=job)
 
 
 def _array_chip(task: tuple[str, np.ndarray, float, Variant, _AttackTask]) -> list[_Chipped]:
     key, image, seconds, variant, job = task
-    return _attacked_chips(key, image, seconds, regions=job.regions, face_box=job.face_box,
-                           variant=variant, attacks=job.attacks)
+    return _attacked_chips(key, image, seconds, variant=variant, job=job)
 
 
 def _batch_task(prepare, tasks: Sequence) -> list[Encoded]:
@@ -511,6 +536,10 @@ class Evaluation:
         # case that used it.
         self._unstored_images: list[dict[str, list]] = []
         self._unstored_trainings: list[dict] = []
+        self._unstored_utility: list[dict] = []  # the same for image_utility rows
+        # (variant, image key) whose utility is measured: once per image, whichever
+        # attacks and sides ask for it later
+        self._utility_measured: set[tuple[Variant, str]] = set()
 
     def method(self, name: str) -> Method:
         """The method called ``name``, made on first use and kept for the evaluation."""
@@ -609,6 +638,10 @@ class Evaluation:
                 "backend": [self.backend.name] * len(results),
                 "attack": [r.attack for r in results],
             })
+        if variant is not None:
+            self._unstored_utility.extend(
+                {"method": variant.method, "k": variant.k, "key": r.key, **r.utility}
+                for r in results if r.utility is not None)
         return results
 
     def _needs_boxes(self) -> bool:
@@ -699,8 +732,13 @@ class Evaluation:
                     for name in dict.fromkeys(itertools.chain.from_iterable(jobs.values()))}
 
         def job(key: str) -> _AttackTask:
+            reference = None
+            if self.settings.utility and (variant, key) not in self._utility_measured:
+                self._utility_measured.add((variant, key))
+                reference = originals[key].utility
             return _AttackTask(tuple(originals[key].boxes), self._face_box(key),
-                               tuple(prepared[name] for name in jobs[key]))
+                               tuple(prepared[name] for name in jobs[key]), reference,
+                               str(self.dataset.path(self.samples[key])))
 
         if needs_whole_set(method):
             return self._map(_array_chip, [
@@ -877,9 +915,9 @@ class Evaluation:
             images=images,
             timings=list(timings) or None,
             attack_trainings=self._unstored_trainings or None,
+            utility=self._unstored_utility or None,
         )
-        self._unstored_images = []
-        self._unstored_trainings = []
+        self._unstored_images, self._unstored_trainings, self._unstored_utility = [], [], []
         return CaseResult(case_id, case, compared.per_image)
 
     def run_case(self, case: Case, *, timings=()) -> CaseResult:

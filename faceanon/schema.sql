@@ -1,4 +1,4 @@
--- faceanon results database: tables, schema version 3.
+-- faceanon results database: tables, schema version 4.
 --
 -- Executed by faceanon.store.ResultsDB once, when it creates a new database. A database
 -- written by an older faceanon is upgraded in place by the migrations in store.py (they
@@ -16,7 +16,7 @@
 CREATE TABLE schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version VALUES (3);
+INSERT INTO schema_version VALUES (4);
 
 CREATE SEQUENCE runs_id_seq START 1;
 CREATE SEQUENCE cases_id_seq START 1;
@@ -82,6 +82,29 @@ CREATE TABLE attack_trainings (
     k      BIGINT,
     attack VARCHAR NOT NULL,
     record JSON
+);
+
+-- What anonymization cost, per anonymized image of a run (faceanon.utility.image_record):
+-- one row per (method, k, key), shared by every mode and attack of the variant. Counts are
+-- of the original's faces; nme is the mean over the nme_faces faces where it is defined
+-- (NULL when none); *_face over the anonymized regions; psnr is +inf for equal pixels.
+-- Created by the migration to version 3 as well (store._migrate_2_to_3): keep them equal.
+CREATE TABLE IF NOT EXISTS image_utility (
+    run_id           BIGINT NOT NULL,
+    method           VARCHAR NOT NULL,
+    k                BIGINT,
+    key              VARCHAR NOT NULL,
+    faces            INTEGER NOT NULL,               -- faces of the original
+    retained_hog     INTEGER NOT NULL,               -- ... still found by dlib HOG
+    landmarks_placed INTEGER NOT NULL,               -- ... with 68 landmarks placed
+    nme              DOUBLE,                         -- landmark error / inter-ocular distance
+    nme_faces        INTEGER NOT NULL,
+    ssim             DOUBLE,
+    psnr             DOUBLE,
+    ssim_face        DOUBLE,
+    psnr_face        DOUBLE,
+    changed_outside  BIGINT NOT NULL,                -- pixels changed outside the regions
+    seconds          DOUBLE                          -- what measuring it took
 );
 
 -- One comparison (probe vs gallery image) of a case. Distance lower = more similar;

@@ -73,13 +73,17 @@ DEFAULT_THRESHOLD = DECISION_THRESHOLD
 #: the decision threshold and 0.575, the threshold of the seed study's DeepPrivacy table.
 CONFUSION_THRESHOLDS = (DECISION_THRESHOLD, 0.575)
 #: The schema version this faceanon writes and reads (``schema.sql``).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 RUN_STATUSES = ("running", "complete", "failed", "interrupted", "crashed")
 FINAL_STATUSES = ("complete", "failed", "interrupted")
 IMAGE_COLUMNS = ("key", "role", "method", "k", "sha256", "acquired", "faces_found", "backend",
                  "attack")
 TIMING_COLUMNS = ("name", "min", "max", "median", "mean", "stddev", "rounds", "unit")
 SCORE_COLUMNS = ("probe", "gallery", "mated", "distance", "probe_acquired", "gallery_enrolled")
+#: ``image_utility`` columns a case's ``utility`` rows carry (``run_id`` is the case's).
+UTILITY_COLUMNS = ("method", "k", "key", "faces", "retained_hog", "landmarks_placed", "nme",
+                   "nme_faces", "ssim", "psnr", "ssim_face", "psnr_face", "changed_outside",
+                   "seconds")
 
 #: Held while this process opens or closes a connection to a database file. DuckDB (2.0.1)
 #: loses its Python table functions when a connection is opened or closed in one thread
@@ -323,8 +327,20 @@ def _migrate_2_to_3(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("UPDATE schema_version SET version = 3")
 
 
+def _migrate_3_to_4(con: duckdb.DuckDBPyConnection) -> None:
+    """Version 3 to 4: the table ``image_utility`` (what anonymization cost, per image).
+
+    Idempotent: the table is created only where it is missing. Runs before it have no
+    utility rows; their ``utility_metrics`` are simply absent.
+    """
+    found = re.search(r"CREATE TABLE IF NOT EXISTS image_utility \(.*?\n\);",
+                      _sql("schema.sql"), re.S)
+    con.execute(found.group(0))
+    con.execute("UPDATE schema_version SET version = 4")
+
+
 #: version -> the function that upgrades a database of that version to the next one.
-_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
 
 
 def _create(con: duckdb.DuckDBPyConnection) -> None:
@@ -829,6 +845,7 @@ class ResultsDB:
         images: Mapping[str, Sequence] | None = None,
         timings: Sequence[Mapping] | None = None,
         attack_trainings: Sequence[Mapping] | None = None,
+        utility: Sequence[Mapping] | None = None,
     ) -> int:
         """Record one case with its scores, images and timings in ONE transaction.
 
@@ -851,6 +868,11 @@ class ResultsDB:
             Rows of ``attack_trainings`` of the run, each with ``method``, ``k``,
             ``attack`` and ``record`` (a JSON-serializable mapping): what a learning
             attack learned from (:meth:`faceanon.attacks.Attack.training_record`).
+        utility : sequence of mapping, optional
+            ``image_utility`` rows of the run's anonymized images (keys
+            :data:`UTILITY_COLUMNS`: ``method``, ``k``, ``key`` and the columns of
+            :func:`faceanon.utility.image_record`), stored with the case that first used
+            their variant, as the images are.
 
         Returns
         -------
@@ -866,6 +888,7 @@ class ResultsDB:
         score_table = self._scores_table(**scores)
         image_table = self._images_table(run_id, images) if images else None
         timing_table = self._timings_table(timings) if timings else None
+        utility_table = self._utility_table(run_id, utility) if utility else None
         with self._transaction() as con:
             case_id = self._insert_case(con, case_row)
             self._insert(con, "INSERT INTO scores BY NAME SELECT ? AS case_id, * FROM _rows",
@@ -879,6 +902,9 @@ class ResultsDB:
             if trainings:
                 con.executemany("INSERT INTO attack_trainings (run_id, method, k, attack, "
                                 "record) VALUES (?, ?, ?, ?, ?)", trainings)
+            if utility_table is not None:
+                self._insert(con, "INSERT INTO image_utility BY NAME SELECT * FROM _rows",
+                             utility_table)
             con.execute("UPDATE runs SET heartbeat = ? WHERE id = ?", [_now(), run_id])
         return case_id
 
@@ -988,6 +1014,25 @@ class ResultsDB:
         for name, values in rows.items():
             values = list(values) if not isinstance(values, np.ndarray) else values.tolist()
             columns[name] = pa.array(values, type=types[name])
+        return pa.table(columns)
+
+    @staticmethod
+    def _utility_table(run_id: int, rows: Sequence[Mapping]) -> pa.Table:
+        integers = ("faces", "retained_hog", "landmarks_placed", "nme_faces",
+                    "changed_outside")
+        for row in rows:
+            if set(row) != set(UTILITY_COLUMNS):
+                raise ValueError(
+                    f"utility rows need exactly the columns {', '.join(UTILITY_COLUMNS)}; "
+                    f"got {', '.join(sorted(row))}")
+            if row["retained_hog"] > row["faces"] or row["landmarks_placed"] > row["faces"]:
+                raise ValueError(f"utility row of {row['key']!r} counts more faces retained "
+                                 f"than the original's {row['faces']}")
+        columns = {"run_id": pa.array(np.full(len(rows), run_id, dtype=np.int64))}
+        for name in UTILITY_COLUMNS:
+            kind = (pa.string() if name in ("method", "key") else pa.int64()
+                    if name in (*integers, "k") else pa.float64())
+            columns[name] = pa.array([row[name] for row in rows], type=kind)
         return pa.table(columns)
 
     def add_images(self, run_id: int, rows: Mapping[str, Sequence]) -> None:
@@ -1260,6 +1305,7 @@ class ResultsDB:
                 f"DELETE FROM timings WHERE case_id IN {cases}",
                 "DELETE FROM images WHERE run_id = $run",
                 "DELETE FROM attack_trainings WHERE run_id = $run",
+                "DELETE FROM image_utility WHERE run_id = $run",
                 "DELETE FROM cases WHERE run_id = $run",
                 "DELETE FROM runs WHERE id = $run",
             ):
@@ -1310,6 +1356,24 @@ class ResultsDB:
         if not rows:
             raise KeyError(f"no case {case_id}")
         return rows[0]
+
+    def utility_metrics(self, *, run_id: int | None = None) -> list[dict]:
+        """The ``utility_metrics`` rows (one per method and k) of one run or of all.
+
+        Parameters
+        ----------
+        run_id : int, optional
+            Only this run's rows.
+
+        Returns
+        -------
+        list of dict
+            Ordered by run, method and k (NULL k first).
+        """
+        where = "" if run_id is None else "WHERE run_id = $run_id"
+        return self._dicts(
+            f"SELECT * FROM utility_metrics {where} ORDER BY run_id, method, k NULLS FIRST",
+            {} if run_id is None else {"run_id": run_id}, views=True)
 
     def per_image_timings(self, run_id: int) -> dict[tuple[int, str], float]:
         """Mean seconds per image of every timed step of a run's cases.

@@ -318,9 +318,11 @@ class Reference:
 
     ``faces`` are the face boxes of the original (the faces that should be retained),
     ``landmarks`` dlib's 68 points for each, or ``None`` where they could not be placed.
+    ``image`` is the original, or ``None`` in a :func:`detached` copy (the facts alone,
+    sent between processes; :func:`image_record` then takes the image apart).
     """
 
-    image: np.ndarray
+    image: np.ndarray | None
     faces: tuple[Box, ...]
     landmarks: tuple[np.ndarray | None, ...]
 
@@ -494,3 +496,104 @@ def measure(
         region_psnr=_psnr(region_error, inside.size),
         changed_outside=outside,
     )
+
+
+# --------------------------------------------------------------------------------------
+# In the benchmark: one record per anonymized variant image.
+
+#: The columns of :func:`image_record`, in the order the results store keeps them.
+RECORD_COLUMNS = (
+    "faces", "retained_hog", "landmarks_placed", "nme", "nme_faces", "ssim", "psnr",
+    "ssim_face", "psnr_face", "changed_outside", "seconds",
+)
+
+
+def detached(ref: Reference) -> Reference:
+    """``ref`` without its image: the facts a worker sends back, small enough to pickle."""
+    return Reference(image=None, faces=ref.faces, landmarks=ref.landmarks)
+
+
+def reference_for_regions(
+    original: np.ndarray,
+    regions: Sequence[Sequence[int]],
+    *,
+    found: bool,
+    regions_are_faces: bool,
+) -> Reference:
+    """The :func:`reference` of an original whose anonymization regions are known.
+
+    The benchmark has already found the regions to anonymize; when they are the faces
+    themselves (``regions_are_faces``: whole face boxes, no margin) they are reused and
+    nothing is detected again. Regions made where no face was found (``found`` false:
+    the whole image) hold no face to retain. Otherwise (eye regions, a margin) the faces
+    are found with dlib's HOG once here.
+    """
+    if not found:
+        return reference(original, faces=())
+    return reference(original, faces=regions if regions_are_faces else None)
+
+
+def recognizer_detections(face, backend) -> list[Box] | None:
+    """The faces a recognizer's HOG run found, as ``(x, y, w, h)``, when they are all known.
+
+    ``face`` is the :class:`faceanon.recognition.FaceChip` that ``backend`` cut (or
+    ``None``: the image was not detected, its embedding came from the cache). Its
+    detection is :func:`measure`'s own (dlib HOG, up-sampled once) only when the backend
+    detects that way; and the recognizer keeps only the largest face, so its detections
+    are the complete list only when it found at most one. In every other case ``None``,
+    and :func:`measure` runs HOG itself.
+    """
+    same_detector = (getattr(backend, "detector", None) == "hog"
+                     and getattr(backend, "upsample", None) == 1)
+    if face is None or not same_detector or face.faces_found > 1:
+        return None
+    if face.faces_found == 0 or face.box is None:
+        return []
+    top, right, bottom, left = (int(v) for v in face.box)
+    return [(left, top, right - left, bottom - top)]
+
+
+def image_record(
+    ref: Reference,
+    anonymized: np.ndarray,
+    regions: Sequence[Sequence[int]],
+    *,
+    original: np.ndarray | None = None,
+    detections: Sequence[Sequence[int]] | None = None,
+) -> dict[str, float | int | None]:
+    """:func:`measure` as one flat row of :data:`RECORD_COLUMNS` (plain numbers only).
+
+    ``faces``: the original's faces; ``retained_hog`` and ``landmarks_placed``: how many of
+    them are detected in / have landmarks placed on the anonymized image; ``nme``: the mean
+    NME over the ``nme_faces`` faces where it is defined (``None`` when none);
+    ``ssim_face``/``psnr_face``: over the anonymized regions; ``seconds``: what measuring
+    took (the cost the benchmark's budget counts). PSNR is ``inf`` for equal pixels.
+    ``original`` is the original image when ``ref`` is :func:`detached`.
+    """
+    import time
+    from dataclasses import replace
+
+    start = time.perf_counter()
+    if original is not None:
+        ref = replace(ref, image=np.asarray(original))
+    if ref.image is None:
+        raise UtilityError("the reference is detached from its image: pass original=")
+    result = measure(ref, anonymized, regions, detections=detections)
+    defined = [f.nme for f in result.faces if math.isfinite(f.nme)]
+
+    def number(value: float) -> float | None:
+        return None if math.isnan(value) else float(value)
+
+    return {
+        "faces": len(result.faces),
+        "retained_hog": sum(f.retained for f in result.faces),
+        "landmarks_placed": sum(f.landmarks_placed for f in result.faces),
+        "nme": float(np.mean(defined)) if defined else None,
+        "nme_faces": len(defined),
+        "ssim": number(result.ssim),
+        "psnr": number(result.psnr),
+        "ssim_face": number(result.region_ssim),
+        "psnr_face": number(result.region_psnr),
+        "changed_outside": result.changed_outside,
+        "seconds": time.perf_counter() - start,
+    }

@@ -18,8 +18,10 @@ from faceanon.deepprivacy import (  # noqa: E402
     WeightsError,
     box_mask,
     crop_matrix,
+    edge_ramps,
     load_generator,
     save_generator,
+    seamed_edges,
 )
 from faceanon.methods import MethodError, get_method  # noqa: E402
 
@@ -103,6 +105,9 @@ def test_blend_options_are_checked(random_weights):
         DeepPrivacy(weights=random_weights, feather=-0.1)
     assert DeepPrivacy(weights=random_weights, feather=0.3, outer_feather=0.2).feather == 0.3
     assert DeepPrivacy(weights=random_weights).describe()["blend"] == "box"
+    with pytest.raises(MethodError, match="seam_limit must be positive or None"):
+        DeepPrivacy(weights=random_weights, seam_limit=0)
+    assert DeepPrivacy(weights=random_weights, seam_limit=None).describe()["seam_limit"] is None
 
 
 def test_box_mask_covers_every_box_pixel_after_cropping():
@@ -230,3 +235,69 @@ def test_the_feature_blend_replaces_the_features_as_the_box_blend_does(lfw):
         assert np.array_equal(a[outside], image[outside])
         checked += 1
     assert checked >= 5
+
+
+def test_edge_ramps_are_the_feather_mask_with_a_width_per_edge():
+    from faceanon.landmarks import feather_mask
+
+    for h, w in ((80, 60), (33, 47)):
+        same = dict.fromkeys(("top", "bottom", "left", "right"), 0.12)
+        assert np.array_equal(edge_ramps(h, w, same), feather_mask(h, w, border=0.12))
+    wide_left = edge_ramps(80, 60, {"top": 0.1, "bottom": 0.1, "left": 0.5, "right": 0.1})
+    # the left ramp reaches 30 px (half of the shorter side), the others 6 px
+    assert wide_left[40, 14] == pytest.approx(14.5 / 30) and wide_left[40, -15] == 1.0
+    assert wide_left[2, 40] == pytest.approx(2.5 / 6) and wide_left.max() == 1.0
+
+
+def test_seamed_edges_reads_a_crop_as_the_whole_image_would():
+    from faceanon.utility import edge_seam
+
+    rng = np.random.default_rng(5)
+    before = rng.integers(90, 110, (160, 200, 3), dtype=np.uint8)
+    after = before.copy()
+    box = (50, 40, 80, 70)
+    # a step along every edge but the left, where it lies beyond the lines measured
+    after[40:110, 70:130] = before[40:110, 70:130] // 2
+    whole = edge_seam(before, after, box)
+    found = seamed_edges(before, after, box, limit=2.0)
+    assert found == [e for e, v in whole.items() if v > 2.0]
+    assert "left" not in found and {"top", "bottom", "right"} <= set(found)
+    # on the image border an edge is never measured
+    assert "top" not in seamed_edges(before, after, (50, 0, 80, 70), limit=2.0)
+
+
+@pytest.mark.realdata
+def test_the_seam_limit_widens_only_seamed_edges_and_never_outside_the_box(lfw):
+    """On LFW faces: with the seam check, no edge the check flags is left above the limit
+    by much, the rest of the box is as the plain blend made it, nothing outside changes."""
+    from faceanon.imageio import read_image
+    from faceanon.landmarks import hog_boxes
+    from faceanon.utility import edge_seam
+
+    by_identity = lfw.images_of()
+    plain, checked = DeepPrivacy(seam_limit=None), DeepPrivacy()
+    widened = 0
+    for i, name in enumerate(sorted(by_identity)[::60][:30]):
+        image = read_image(lfw.path(by_identity[name][0]))
+        boxes = hog_boxes(image, upsample=1)[:1]
+        if not boxes:
+            continue
+        a = plain.anonymize(image, boxes, k=None, rng=np.random.default_rng(i))
+        b = checked.anonymize(image, boxes, k=None, rng=np.random.default_rng(i))
+        x, y, w, h = boxes[0]
+        outside = np.ones(image.shape[:2], bool)
+        outside[y : y + h, x : x + w] = False
+        assert np.array_equal(b[outside], image[outside])
+        seams = seamed_edges(image, a, boxes[0], limit=checked.seam_limit)
+        if not seams:
+            assert np.array_equal(a, b)
+            continue
+        widened += 1
+        # the middle of the box, beyond every widened ramp, is the plain blend's
+        ramp = int(checked.seam_feather * min(w, h)) + 1
+        inner = (slice(y + ramp, y + h - ramp), slice(x + ramp, x + w - ramp))
+        assert np.array_equal(a[inner], b[inner])
+        after = edge_seam(image, b, boxes[0])
+        before = edge_seam(image, a, boxes[0])
+        assert all(after[e] < before[e] for e in seams)
+    assert widened >= 1

@@ -30,8 +30,8 @@ from faceanon.store import (
 )
 
 TABLES = {"runs", "cases", "images", "scores", "embeddings", "timings", "schema_version",
-          "confusion_thresholds", "attack_trainings"}
-VIEWS = {"case_metrics", "confusion", "det_curve"}
+          "confusion_thresholds", "attack_trainings", "image_utility"}
+VIEWS = {"case_metrics", "confusion", "det_curve", "utility_metrics"}
 
 
 def _start(db: ResultsDB, **overrides) -> int:
@@ -801,11 +801,15 @@ def test_attack_trainings_are_stored_with_their_case_and_deleted_with_their_run(
 
 
 def _make_v2_database(path) -> None:
-    """A version 2 database: today's tables without images.attack and attack_trainings."""
-    version_3 = (Path(store.__file__).parent / "schema.sql").read_text()
-    version_2 = re.sub(r"CREATE TABLE attack_trainings \(.*?\n\);", "", version_3, flags=re.S)
+    """A version 2 database: today's tables without images.attack, attack_trainings
+    (version 3) and image_utility (version 4)."""
+    today = (Path(store.__file__).parent / "schema.sql").read_text()
+    version_2 = re.sub(r"CREATE TABLE attack_trainings \(.*?\n\);", "", today, flags=re.S)
+    version_2 = re.sub(r"CREATE TABLE IF NOT EXISTS image_utility \(.*?\n\);", "",
+                       version_2, flags=re.S)
     version_2 = re.sub(r",\n    attack      VARCHAR NOT NULL DEFAULT 'detect'[^\n]*", "",
-                       version_2).replace("VALUES (3)", "VALUES (2)")
+                       version_2).replace(f"VALUES ({SCHEMA_VERSION})", "VALUES (2)")
+    assert "image_utility" not in version_2
     assert "attack_trainings" not in version_2 and "VALUES (2)" in version_2
     con = duckdb.connect(str(path))
     try:
@@ -819,10 +823,12 @@ def _make_v2_database(path) -> None:
         con.close()
 
 
-def test_version_2_database_gains_the_attack_axis(db_path):
+def test_version_2_database_gains_the_attack_axis_and_utility(db_path):
     _make_v2_database(db_path)
     with ResultsDB(db_path) as db:
-        assert db.con.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert db.con.execute("SELECT version FROM schema_version").fetchall() == [
+            (SCHEMA_VERSION,)]
+        assert db.con.execute("SELECT count(*) FROM image_utility").fetchone() == (0,)
         # every earlier image was seen by the only attacker there was
         assert db.con.execute("SELECT key, attack FROM images").fetchall() == [("a", "detect")]
         assert db.attack_trainings(1) == []
@@ -832,6 +838,7 @@ def test_version_2_database_gains_the_attack_axis(db_path):
     con = duckdb.connect(str(db_path))
     try:
         store._migrate_2_to_3(con)
+        store._migrate_3_to_4(con)
         assert con.execute("SELECT count(*), min(attack) FROM images").fetchone() == (1, "detect")
     finally:
         con.close()

@@ -260,3 +260,62 @@ def test_measures_order_methods_as_their_strength_does(lfw_faces):
     for attribute in ("ssim", "region_ssim", "psnr", "region_psnr"):
         assert mean("blur-5", attribute) > mean("blur-45", attribute) > mean("blackout", attribute)
     assert mean("blur-45", "region_ssim") < mean("blur-45", "ssim") < 1.0
+
+
+# ----------------------------------------------------------------------------------------
+# The benchmark's record.
+
+
+class _Face:
+    def __init__(self, faces_found, box):
+        self.faces_found, self.box = faces_found, box
+
+
+class _Backend:
+    def __init__(self, detector="hog", upsample=1):
+        self.detector, self.upsample = detector, upsample
+
+
+def test_the_recognizer_detection_is_reused_only_when_it_is_complete_and_the_same_hog():
+    one = _Face(1, (10, 60, 50, 20))  # top, right, bottom, left
+    assert utility.recognizer_detections(one, _Backend()) == [(20, 10, 40, 40)]
+    assert utility.recognizer_detections(_Face(0, None), _Backend()) == []
+    # the largest of several faces is not the list of them; a cached image was not detected
+    assert utility.recognizer_detections(_Face(2, (10, 60, 50, 20)), _Backend()) is None
+    assert utility.recognizer_detections(None, _Backend()) is None
+    # another detector or up-sampling is not measure()'s HOG
+    assert utility.recognizer_detections(one, _Backend(detector="cnn")) is None
+    assert utility.recognizer_detections(one, _Backend(upsample=2)) is None
+
+
+def test_image_record_counts_faces_and_needs_its_original(monkeypatch):
+    original = _noise(4)
+    anonymized = original.copy()
+    anonymized[20:50, 30:70] = 0
+    points = _landmarks() * 0.3 + 20
+    calls = []
+
+    def fake_landmarks(image, box):
+        calls.append(box)
+        moved = box == (80, 50, 30, 30) and not np.shares_memory(image, original)
+        return points + 3.0 if moved else points
+
+    monkeypatch.setattr(utility, "_landmarks_or_none", fake_landmarks)
+    ref = utility.detached(reference(original, faces=[(30, 20, 40, 30), (80, 50, 30, 30)]))
+    assert ref.image is None
+    with pytest.raises(UtilityError, match="detached"):
+        utility.image_record(ref, anonymized, [(30, 20, 40, 30)], detections=[])
+    record = utility.image_record(ref, anonymized, [(30, 20, 40, 30)], original=original,
+                                  detections=[(31, 20, 40, 30), (80, 50, 30, 30)])
+    assert set(record) == set(utility.RECORD_COLUMNS)
+    assert (record["faces"], record["retained_hog"], record["landmarks_placed"]) == (2, 2, 2)
+    # face 1: its own points again (0); face 2: moved by (3, 3) -> 4.243 / 12 px
+    assert len(calls) == 4 and record["nme_faces"] == 2
+    assert record["nme"] == pytest.approx((0 + math.hypot(3, 3) / 12.0) / 2)
+    assert record["changed_outside"] == 0 and record["seconds"] > 0
+    assert record["psnr_face"] < 20 and record["psnr"] > record["psnr_face"]
+    # no face found in the original: nothing to retain, NME undefined
+    empty = utility.reference_for_regions(original, [(0, 0, 120, 90)], found=False,
+                                          regions_are_faces=True)
+    record = utility.image_record(empty, anonymized, [(0, 0, 120, 90)], detections=[])
+    assert (record["faces"], record["nme"], record["nme_faces"]) == (0, None, 0)

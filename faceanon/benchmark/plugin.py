@@ -68,6 +68,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-threshold", type=float, default=DECISION_THRESHOLD,
                     help=f"decision threshold for FMR/FNMR (default {DECISION_THRESHOLD}, "
                          "face_recognition's)")
+    group.addoption("--bench-utility", dest="bench_utility", action="store_true",
+                    default=True,
+                    help="measure what anonymization costs, per anonymized image "
+                         "(faceanon.utility: HOG retention, landmark error, SSIM/PSNR); "
+                         "the default")
+    group.addoption("--no-bench-utility", dest="bench_utility", action="store_false",
+                    help="do not measure utility (to time what it adds)")
     group.addoption("--bench-thresholds", default=None,
                     help="TOML file of metric bounds that fail a case when crossed")
 

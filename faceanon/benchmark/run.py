@@ -131,7 +131,8 @@ class BenchRun:
 
         # resolved(): "auto" becomes the backend it picks, checked once per process
         return Settings(backend=self.option("backend"), detector=self.option("detector"),
-                        region=self.option("region"), seed=self.option("seed")).resolved()
+                        region=self.option("region"), seed=self.option("seed"),
+                        utility=self.option("utility")).resolved()
 
     def backend_choice(self) -> dict:
         """What the run config records of ``--bench-backend``: what was asked for and,

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from faceanon.report.figures import make_figures
+from faceanon.report.frontier import make_frontier
 from faceanon.report.pictures import make_pictures
 from faceanon.report.seed_study import STUDY_THRESHOLD, reproduction
 from faceanon.report.tables import (
@@ -202,6 +203,8 @@ def render_report(
                 differences = protocol_differences(base, run)
                 comparison = compare_runs(base_rows, rows, protocols_match=not differences)
             pictures = make_pictures(db, run, rows, staging / "img", identities=identities)
+            frontier = make_frontier(worst_case(rows), db.utility_metrics(run_id=int(run["id"])),
+                                     chance=chance_rank1(rows))
         context = {
             "run": run,
             "base": base,
@@ -214,6 +217,8 @@ def render_report(
             "threshold": threshold,
             "differences": differences,
             "figures": figures,
+            "frontier": frontier,
+            "inf": float("inf"),
             "confusion": confusion,
             "reproduction": reproduction(rows, study_confusion),
             "study_threshold": STUDY_THRESHOLD,
