@@ -27,18 +27,16 @@ from __future__ import annotations
 
 import functools
 import itertools
-import multiprocessing
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from faceanon.datasets import Dataset, Sample, Split
 from faceanon.errors import FaceanonError
+from faceanon.executors import Executor, LocalPool
 from faceanon.imageio import read_image
 from faceanon.methods import Method, get_method, needs_whole_set
 from faceanon.protocol import Case, OnMiss, Variant, image_rng, set_rng
@@ -323,8 +321,9 @@ class Evaluation:
         Backend, detector, region, seed; a backend of ``auto`` is resolved here
         (:meth:`Settings.resolved`), and :attr:`settings` holds the backend used.
     workers : int, optional
-        Worker processes; default one per core. ``1`` runs everything in this process
-        (the serial path, used to check that the parallel one gives the same scores).
+        Worker processes of the default executor (:class:`faceanon.executors.LocalPool`);
+        default one per core. ``1`` runs everything in this process (the serial path,
+        used to check that the parallel one gives the same scores).
     batch_size : int, optional
         Images a worker takes at a time; their face chips are encoded in one batch.
     methods : mapping of str to Method, optional
@@ -332,6 +331,11 @@ class Evaluation:
         by :func:`faceanon.methods.get_method` the first time it is needed. Each method
         is made once per evaluation; the methods known when the worker pool starts
         (:meth:`plan` says which) are copied to every worker once.
+    executor : faceanon.executors.Executor, optional
+        Where the per-image work runs (:func:`faceanon.executors.get_executor`); default
+        a local process pool of ``workers``. The evaluation starts it when work first
+        needs it and closes it in :meth:`close`. Set methods (k-Same) anonymize each set
+        in this process whatever the executor; their images are encoded by its workers.
     """
 
     def __init__(
@@ -345,13 +349,15 @@ class Evaluation:
         workers: int | None = None,
         batch_size: int = ENCODE_BATCH,
         methods: Mapping[str, Method] | None = None,
+        executor: Executor | None = None,
     ):
         self.dataset = dataset
         self.split = split
         self.db = db
         self.run_id = run_id
         self.settings = (settings or Settings()).resolved()
-        self.workers = workers or os.cpu_count() or 1
+        self.executor = executor if executor is not None else LocalPool(workers=workers)
+        self.workers = getattr(self.executor, "workers", None) or workers
         self.batch_size = batch_size
         self.backend = worker_backend(self.settings)  # the serial path encodes with it
         #: What computes the embeddings: the key of the embedding cache besides the name.
@@ -362,7 +368,6 @@ class Evaluation:
         self._variants: dict[Variant, dict[str, Encoded]] = {}
         self._plan: list[Variant] = []
         self._pending: dict[Variant, Iterator[Encoded]] = {}
-        self._pool: ProcessPoolExecutor | None = None
         # Image rows made but not yet stored: they go with the next case stored, in its
         # transaction, so that no image row exists without a case that used it.
         self._unstored_images: list[dict[str, list]] = []
@@ -377,7 +382,7 @@ class Evaluation:
         """``variant`` with its ``k`` checked by its method (None for methods without k)."""
         return Variant(variant.method, self.method(variant.method).check_k(variant.k))
 
-    # The pool is made lazily and reused across cases so models load once per worker.
+    # The executor is started lazily and reused across cases so models load once per worker.
     def _map(self, prepare, tasks: Sequence) -> Iterator[Encoded]:
         """Each task to its image's chip (``prepare``), encoded a batch of tasks at a time.
 
@@ -386,27 +391,25 @@ class Evaluation:
         """
         work = functools.partial(_batch_task, prepare)
         batches = [tasks[i:i + self.batch_size] for i in range(0, len(tasks), self.batch_size)]
-        if self.workers <= 1 or len(tasks) < 2:
+        if not self.executor.parallel or len(tasks) < 2:
             _init_worker(self.settings, self._known_keys(), self._methods, self.backend)
             return itertools.chain.from_iterable(map(work, batches))
         # Workers keep the cache snapshot they started with; a stale snapshot only costs a
         # re-encode, never a wrong result, because keys are pixel hashes.
-        if self._pool is None:
-            known = self._known_keys()
-            context = multiprocessing.get_context("forkserver")
-            self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=context, initializer=_init_worker,
-                initargs=(self.settings, known, dict(self._methods)),
-            )
-        return itertools.chain.from_iterable(self._pool.map(work, batches))
+        if not self.executor.started:
+            self.executor.start(_init_worker,
+                                (self.settings, self._known_keys(), dict(self._methods)))
+        # The original files each batch reads: an executor whose workers may see other
+        # files than this process checks their pixels.
+        files = None if prepare is _array_chip else [[t[1] for t in b] for b in batches]
+        return itertools.chain.from_iterable(self.executor.map(work, batches, files=files))
 
     def _known_keys(self) -> frozenset[str]:
         return frozenset(self.db.cached_embedding_keys(self.backend.name, model=self.model))
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
+        self._pending.clear()  # results still on the way are dropped with the workers
+        self.executor.close()
 
     def __enter__(self):
         return self
@@ -477,7 +480,7 @@ class Evaluation:
         return self._map(_variant_chip, tasks)
 
     def _prefetch_after(self, current: Variant) -> None:
-        if current not in self._plan or self.workers <= 1:
+        if current not in self._plan or not self.executor.parallel:
             return
         following = self._plan[self._plan.index(current) + 1 :]
         if not following or following[0] in self._pending:
