@@ -88,6 +88,7 @@ class BenchRun:
         self._methods: dict = {}
         self._backend = None
         self._speed_faces: list[SpeedFace] | None = None
+        self._executor = None
 
     # -- options -------------------------------------------------------------------------
 
@@ -172,9 +173,33 @@ class BenchRun:
                                                             self.planned_cases()}
             check_patterns(self.bounds, labels, source=path, grid=grid)
         get_detector(self.option("detector"))  # an unknown name fails here, once
+        self.executor()  # an unknown executor fails here, once, before any test runs
         if self.option("region") not in REGIONS:
             raise DetectorError(f"unknown region {self.option('region')!r}; choose one of "
                                 f"{', '.join(REGIONS)}")
+
+    def executor(self):
+        """The executor of ``--bench-executor``, made once (started by the evaluation).
+
+        Raises
+        ------
+        faceanon.executors.ExecutorError
+            An unknown executor, or a Dask option given to another executor.
+        """
+        if self._executor is None:
+            from faceanon.executors import ExecutorError, get_executor
+
+            name = self.option("executor")
+            options = {"workers": self.option("workers")}
+            dask_options = {"scheduler": self.option("scheduler"),
+                            "ship_images": self.option("ship-images")}
+            if name == "dask":
+                options.update(dask_options)
+            elif any(dask_options.values()):
+                raise ExecutorError("--bench-scheduler and --bench-ship-images need "
+                                    f"--bench-executor dask, not {name!r}")
+            self._executor = get_executor(name, **options)
+        return self._executor
 
     def _find_dataset(self):
         from faceanon.datasets import DatasetError, resolve_dataset
@@ -216,6 +241,9 @@ class BenchRun:
         from faceanon.store import ResultsDB
 
         settings = self.settings
+        executor = self.executor()
+        for note in executor.notes():
+            self._say(note)
         for case in self.planned:
             if case.method is not None:
                 self.method(case.method)
@@ -227,7 +255,7 @@ class BenchRun:
             dataset_fingerprint=self.dataset.fingerprint,
             config={"grid": self.option("grid"), "identities": len(self.split.identities),
                     **self.split.summary(), **settings.as_dict(), **self.backend_choice(),
-                    "dataset_root": str(self.dataset.root)},
+                    "dataset_root": str(self.dataset.root), "executor": executor.describe()},
             git_commit=commit,
             git_dirty=dirty,
             packages=provenance.package_versions(),
@@ -238,7 +266,7 @@ class BenchRun:
         )
         self.evaluation = Evaluation(self.dataset, self.split, db=self.db, run_id=self.run_id,
                                      settings=settings, workers=self.option("workers"),
-                                     methods=self._methods)
+                                     methods=self._methods, executor=executor)
         self.evaluation.plan(self.planned)
         return self.evaluation
 
