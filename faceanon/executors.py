@@ -258,7 +258,10 @@ class DaskExecutor(Executor):
 
                 self._cluster = distributed.LocalCluster(
                     n_workers=self.workers, threads_per_worker=1, processes=True,
-                    dashboard_address=None, silence_logs=logging.ERROR)
+                    dashboard_address=None,
+                    # Closing logs connection errors of heartbeats racing the shutdown;
+                    # what goes wrong in a task reaches the client as its exception.
+                    silence_logs=logging.CRITICAL)
                 self._client = distributed.Client(self._cluster, set_as_default=False)
             else:
                 self._client = distributed.Client(self.scheduler, timeout=CONNECT_TIMEOUT,
