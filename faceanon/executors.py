@@ -255,13 +255,19 @@ class DaskExecutor(Executor):
         try:
             if self.scheduler is None:
                 import logging
+                import warnings
 
-                self._cluster = distributed.LocalCluster(
-                    n_workers=self.workers, threads_per_worker=1, processes=True,
-                    dashboard_address=None,
-                    # Closing logs connection errors of heartbeats racing the shutdown;
-                    # what goes wrong in a task reaches the client as its exception.
-                    silence_logs=logging.CRITICAL)
+                with warnings.catch_warnings():
+                    # The scheduler's HTTP server (health checks) moves to a free port
+                    # when another cluster holds 8787; nothing to warn about.
+                    warnings.filterwarnings("ignore", "Port .* is already in use")
+                    self._cluster = distributed.LocalCluster(
+                        n_workers=self.workers, threads_per_worker=1, processes=True,
+                        dashboard_address=None,
+                        # Closing logs connection errors of heartbeats racing the
+                        # shutdown; what goes wrong in a task reaches the client as its
+                        # exception.
+                        silence_logs=logging.CRITICAL)
                 self._client = distributed.Client(self._cluster, set_as_default=False)
             else:
                 self._client = distributed.Client(self.scheduler, timeout=CONNECT_TIMEOUT,

@@ -251,3 +251,46 @@ def test_workers_that_see_other_files_fail_loudly(lfw, split, tmp_path, monkeypa
                        match=rf"{victim}: the worker on .* decoded pixels with sha256 "
                              rf".*, the client 0000000000000000: this node sees other files"):
         _run(tmp_path / "r.duckdb", lfw, split, DaskExecutor(workers=1), CASES[:1])
+
+
+KILL_SCHEDULER = '''
+import os, signal
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.nodeid.endswith("[clear]"):
+        os.kill(int(os.environ["TEST_SCHEDULER_PID"]), signal.SIGKILL)
+'''
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_the_benchmark_on_a_cluster_that_loses_its_scheduler_is_failed(lfw, tmp_path):
+    import duckdb
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    address, scheduler, worker = _start_cluster(tmp_path, 1)
+    (tmp_path / "killer.py").write_text(KILL_SCHEDULER)
+    env = {**os.environ, "TEST_SCHEDULER_PID": str(scheduler.pid),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
+             "killer", "bench", "-k", "test_privacy", "--bench-data", str(lfw.root),
+             "--bench-identities", "3", "--bench-methods", "blur", "--bench-k", "15",
+             "--bench-modes", "clear,naive", "--bench-executor", "dask", "--bench-scheduler",
+             address, "--bench-workers", "3", "--bench-db", str(tmp_path / "r.duckdb")],
+            cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        for process in (worker, scheduler):
+            process.kill()
+            process.wait()
+    out = result.stdout + result.stderr
+    assert result.returncode == pytest.ExitCode.TESTS_FAILED, out
+    assert f"--bench-workers 3 ignored: the Dask cluster at {address}" in out
+    assert f"lost the Dask scheduler at {address}" in out
+    assert "1 failed, 1 passed" in out
+    with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT status FROM runs").fetchall() == [("failed",)]
+        assert con.execute("SELECT count(*) FROM cases").fetchall() == [(1,)]
+        (config,) = con.execute("SELECT config FROM runs").fetchone()
+    assert '"scheduler": "' + address + '"' in config

@@ -173,7 +173,10 @@ class BenchRun:
                                                             self.planned_cases()}
             check_patterns(self.bounds, labels, source=path, grid=grid)
         get_detector(self.option("detector"))  # an unknown name fails here, once
-        self.executor()  # an unknown executor fails here, once, before any test runs
+        # An unknown executor fails here, once, before any test runs; its notes (an
+        # option it ignores) are said here, where pytest does not capture them.
+        for note in self.executor().notes():
+            self._say(note)
         if self.option("region") not in REGIONS:
             raise DetectorError(f"unknown region {self.option('region')!r}; choose one of "
                                 f"{', '.join(REGIONS)}")
@@ -242,8 +245,6 @@ class BenchRun:
 
         settings = self.settings
         executor = self.executor()
-        for note in executor.notes():
-            self._say(note)
         for case in self.planned:
             if case.method is not None:
                 self.method(case.method)
