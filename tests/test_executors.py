@@ -73,6 +73,23 @@ def test_unreachable_scheduler_is_a_clear_error(monkeypatch):
     assert not executor.started
 
 
+def test_without_dask_the_executor_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails
+    with pytest.raises(ExecutorError, match=r"pip install 'faceanon\[dask\]'"):
+        DaskExecutor(workers=1).start(print, ())
+
+
+def test_bench_options_need_the_dask_executor(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "bench",
+         "--bench-data", str(tmp_path), "--bench-scheduler", "tcp://h:8786"],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "--bench-scheduler and --bench-ship-images need --bench-executor dask, not " \
+           "'local'" in result.stderr, result.stderr
+
+
 # --- real faces ---------------------------------------------------------------------------
 
 CASES = [(None, None, "clear"), ("blur", 15, "naive"), ("ksame", 3, "reverse"),

@@ -157,6 +157,10 @@ class BenchRun:
         from faceanon.detect import REGIONS, DetectorError, get_detector
 
         self.planned = cases
+        # An unknown executor fails here, once, before the data is listed; its notes (an
+        # option it ignores) are said here, where pytest does not capture them.
+        for note in self.executor().notes():
+            self._say(note)
         self.dataset = self._find_dataset()
         identities = self.option("identities") or DEFAULT_IDENTITIES[self.option("grid")]
         self.split = protocol_split(self.dataset,
@@ -173,10 +177,6 @@ class BenchRun:
                                                             self.planned_cases()}
             check_patterns(self.bounds, labels, source=path, grid=grid)
         get_detector(self.option("detector"))  # an unknown name fails here, once
-        # An unknown executor fails here, once, before any test runs; its notes (an
-        # option it ignores) are said here, where pytest does not capture them.
-        for note in self.executor().notes():
-            self._say(note)
         if self.option("region") not in REGIONS:
             raise DetectorError(f"unknown region {self.option('region')!r}; choose one of "
                                 f"{', '.join(REGIONS)}")
