@@ -17,7 +17,9 @@ Prints, measured in one run on this machine:
    these the cluster size beyond which the writer, not the workers, sets the pace, at
    250 and 1,680 identities (all LFW people with two or more photos). Per variant the
    workers make 2 x identities encodings, and the client writes 3 cases (naive, reverse,
-   parrot) of identities squared scores while they make the next variant's.
+   parrot) of identities squared scores while they make the next variant's. The
+   client's other own work, decoding each original once for the hash the workers check,
+   is printed as originals per second.
 
 The machine may be shared: compare the ratios, measured in the same run; the load
 average is printed before and after each timed part.
@@ -167,12 +169,19 @@ def main() -> None:
                            settings)
 
     scores_per_s, embeddings_per_s = writer_rates(args.writer_identities, repeat=3)
+    # The client also decodes each original once, for the hash the workers check.
+    paths = [str(dataset.path(s)) for s in (*paper.gallery, *paper.probes)]
+    started = time.perf_counter()
+    DaskExecutor(workers=1)._reference_hashes(paths)
+    hashes_per_s = len(paths) / (time.perf_counter() - started)
     encodings_per_s = 1 / dask_run["per_image"]
     print(f"\n== scale-out: the single writer against the workers (load {load_average()})")
     print(f"writer: {scores_per_s:,.0f} score rows/s (a case of {args.writer_identities}^2), "
           f"{embeddings_per_s:,.0f} embedding rows/s")
     print(f"one worker: {encodings_per_s:.2f} encodings/s (the paper grid's Dask run: mean "
           "seconds to anonymize an image + to detect and encode one)")
+    print(f"client: {hashes_per_s:.0f} originals/s decoded and hashed (the reference the "
+          "workers check; once per original and run)")
     for identities in (250, 1680):
         # Per variant: workers make 2I encodings; the writer stores 3 cases of I^2 scores
         # and 2I embeddings. Beyond N workers the writer is the slower of the two.
