@@ -43,6 +43,7 @@ __all__ = [
     "ExecutorError",
     "ImageMismatchError",
     "LocalPool",
+    "WorkerTaskError",
     "available_executors",
     "get_executor",
 ]
@@ -64,6 +65,13 @@ class ImageMismatchError(FaceanonError, ValueError):
     """A worker decoded other pixels than the client for the same original image file.
 
     Only a message is kept, so that the error travels back from a Dask worker intact.
+    """
+
+
+class WorkerTaskError(FaceanonError, RuntimeError):
+    """A batch failed on a worker with an error that cannot travel back as it is.
+
+    Its message is the original's, with its type and the worker's host.
     """
 
 
@@ -331,14 +339,15 @@ class DaskExecutor(Executor):
                     future.release()
 
     def _lost_scheduler(self, error: BaseException) -> bool:
+        """Whether ``error`` came from losing the scheduler, not from the task itself."""
         from concurrent.futures import CancelledError
 
         from distributed.comm.core import CommClosedError
 
-        if isinstance(error, CancelledError | CommClosedError | OSError | TimeoutError):
+        if isinstance(error, CancelledError | CommClosedError):
             return True
-        return self._client is not None and self._client.status not in ("running",
-                                                                         "connecting")
+        # A task's own error arrives while the client is connected.
+        return self._client is not None and self._client.status != "running"
 
     def close(self) -> None:
         client, cluster = self._client, self._cluster
@@ -466,6 +475,19 @@ def _dask_task(function: Callable, batch: Sequence, checks: dict[str, str],
     images.shipped = dict(shipped or {})
     try:
         return function(batch)
+    except FaceanonError as error:
+        # The client must see what went wrong (which file, which problem), and an
+        # exception that cannot be unpickled there would hide it.
+        import pickle
+
+        try:
+            pickle.loads(pickle.dumps(error))
+        except Exception:
+            import socket
+
+            raise WorkerTaskError(f"on the worker on {socket.gethostname()}: "
+                                  f"{type(error).__name__}: {error}") from None
+        raise
     finally:
         images.shipped = {}  # shipped bytes only live for their batch
 

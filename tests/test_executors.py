@@ -79,6 +79,20 @@ def test_without_dask_the_executor_says_what_to_install(monkeypatch):
         DaskExecutor(workers=1).start(print, ())
 
 
+def test_a_worker_error_that_cannot_be_unpickled_travels_as_its_message(tmp_path):
+    import pickle
+
+    from faceanon.executors import WorkerTaskError, _dask_task, _install_checked_images
+    from faceanon.imageio import read_image
+
+    _install_checked_images()
+    missing = str(tmp_path / "gone.jpg")
+    with pytest.raises(WorkerTaskError) as caught:
+        _dask_task(lambda batch: [read_image(path) for path in batch], [missing], {}, None)
+    assert pickle.loads(pickle.dumps(caught.value)).args == caught.value.args
+    assert f"ImageReadError: {missing}: file not found" in str(caught.value)
+
+
 def test_bench_options_need_the_dask_executor(tmp_path):
     result = subprocess.run(
         [sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "bench",
