@@ -8,7 +8,10 @@ Prints, measured in one run on this machine:
    processes (one thread each), in fresh databases; the Dask wall time includes starting
    the cluster, which is printed apart. The ratio pool wall / Dask wall is Dask's share
    of the pool's throughput (goal: 0.9 or better on the paper grid), and every score of
-   the two runs is compared (identical: at most 1e-12 apart);
+   the two runs is compared (identical: at most 1e-12 apart). On a shared machine the
+   wall times move with the load, so the CPU seconds each run used are printed too
+   (this process, which holds a LocalCluster's scheduler and nannies, plus the worker
+   processes over their whole life); their ratio is the overhead of the executor itself;
 2. the client's single DuckDB writer: score rows per second written by
    ``ResultsDB.write_case`` (one case of ``--writer-identities`` squared comparisons)
    and embedding rows per second (``ResultsDB.store_embeddings``);
@@ -55,18 +58,42 @@ def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process, all its threads (``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_cpu_seconds(executor) -> float:
+    """CPU seconds of the executor's worker processes so far (Dask: and their nannies,
+    where they run apart)."""
+    if isinstance(executor, LocalPool):
+        pids = list(executor._pool._processes) if executor._pool else []
+    else:
+        client = executor.client
+        # A LocalCluster's nannies live in this process, counted as the client's.
+        pids = {*client.run(os.getpid).values(), *client.run(os.getpid, nanny=True).values()}
+        pids.discard(os.getpid())
+    return sum(process_cpu_seconds(pid) for pid in pids)
+
+
 def run_grid(dataset, split, cases, executor, db_path: Path, settings: Settings) -> dict:
-    """Every case on ``executor`` in a fresh database: wall time, scores, per-image costs."""
+    """Every case on ``executor`` in a fresh database: wall time, CPU seconds (this
+    process, with a LocalCluster's scheduler, and the workers), scores, per-image costs."""
     with ResultsDB(db_path) as db:
         run_id = db.start_run(name=executor.name, dataset_name=dataset.name,
                               dataset_fingerprint=dataset.fingerprint, config={},
                               git_commit=None, git_dirty=None, packages={}, machine={})
         started = time.perf_counter()
+        client_before = sum(os.times()[:2])
         with Evaluation(dataset, split, db=db, run_id=run_id, settings=settings,
                         executor=executor) as evaluation:
             evaluation.plan(cases)
             results = [evaluation.run_case(case) for case in cases]
             wall = time.perf_counter() - started
+            # Read before the workers stop: their whole life, start and models included.
+            cpu = {"client": sum(os.times()[:2]) - client_before,
+                   "workers": worker_cpu_seconds(executor)}
         scores = [db.con.execute("SELECT probe, gallery, distance FROM scores WHERE case_id = ?"
                                  " ORDER BY probe, gallery", [r.case_id]).fetchall()
                   for r in results]
@@ -75,7 +102,8 @@ def run_grid(dataset, split, cases, executor, db_path: Path, settings: Settings)
     recognize = [s for r in results for s in r.per_image.get("recognize", [])]
     # An image's worker seconds: anonymizing it, then detecting and encoding it.
     per_image = statistics.fmean(anonymize or [0.0]) + statistics.fmean(recognize)
-    return {"wall": wall, "scores": scores, "per_image": per_image, "n_images": len(recognize)}
+    return {"wall": wall, "cpu": cpu, "scores": scores, "per_image": per_image,
+            "n_images": len(recognize)}
 
 
 def largest_difference(one: list, two: list) -> float:
@@ -108,6 +136,12 @@ def compare(title: str, dataset, split, cases, workers: int,
                         Path(folder) / "dask.duckdb", settings)
         print(f"dask:       {dask['wall']:8.1f} s   (load {load_average()}), of which "
               f"starting a LocalCluster alone takes {cluster_start:.1f} s")
+    for name, run in (("local pool", pool), ("dask", dask)):
+        print(f"{name + ' CPU:':<16}{sum(run['cpu'].values()):8.1f} s   (client "
+              f"{run['cpu']['client']:.1f} s, workers {run['cpu']['workers']:.1f} s)")
+    cpu_ratio = sum(pool["cpu"].values()) / sum(dask["cpu"].values())
+    print(f"CPU ratio pool / dask = {cpu_ratio:.2f} (the work itself, whatever else the "
+          "machine runs)")
     ratio = pool["wall"] / dask["wall"]
     difference = largest_difference(pool["scores"], dask["scores"])
     print(f"throughput ratio dask / pool = {ratio:.2f} (goal >= 0.9); largest score "
