@@ -239,36 +239,6 @@ def _start_cluster(tmp_path, workers: int):
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_a_lost_scheduler_fails_the_run_with_a_clear_message(lfw, split, tmp_path):
-    from faceanon.pipeline import Evaluation
-    from faceanon.protocol import Case
-    from faceanon.store import ResultsDB
-
-    address, scheduler, worker = _start_cluster(tmp_path, 1)
-    try:
-        executor = DaskExecutor(scheduler=address)
-        with ResultsDB(tmp_path / "r.duckdb") as db:
-            run_id = db.start_run(name="lost", dataset_name="lfw", dataset_fingerprint="x",
-                                  config={}, git_commit=None, git_dirty=None, packages={},
-                                  machine={})
-            with Evaluation(lfw, split, db=db, run_id=run_id, executor=executor,
-                            batch_size=2) as evaluation:
-                evaluation.run_case(Case(None, None, "clear"))
-                scheduler.kill()
-                scheduler.wait()
-                started = time.monotonic()
-                with pytest.raises(ExecutorError, match=rf"lost the Dask scheduler at "
-                                                        rf"{address}.*cannot finish"):
-                    evaluation.run_case(Case("blur", 15, "naive"))
-                assert time.monotonic() - started < 120
-    finally:
-        for process in (worker, scheduler):
-            process.kill()
-            process.wait()
-
-
-@pytest.mark.realdata
-@pytest.mark.slow
 def test_workers_that_see_other_files_fail_loudly(lfw, split, tmp_path, monkeypatch):
     # The client's reference hash of one original is not what the workers decode: as if
     # a node held another photo under the same path.
