@@ -3,9 +3,10 @@
 Prints, measured in one run on this machine:
 
 1. the wall time of the smoke grid (every case) and of a paper-grid subset (blur,
-   pixelate and noise at the paper's eight strengths, all four modes), each run once
-   on the local pool and once on a Dask ``LocalCluster`` with the same number of worker
-   processes (one thread each), in fresh databases; the Dask wall time includes starting
+   pixelate and noise at the paper's eight strengths, all four modes), each run in turn
+   on the local pool and on a Dask ``LocalCluster`` (``--repeat`` times; the median
+   ratio) with the same number of worker processes (one thread each), in fresh
+   databases; the Dask wall time includes starting
    the cluster, which is printed apart. The ratio pool wall / Dask wall is Dask's share
    of the pool's throughput (goal: 0.9 or better on the paper grid), and every score of
    the two runs is compared (identical: at most 1e-12 apart). On a shared machine the
@@ -117,35 +118,42 @@ def largest_difference(one: list, two: list) -> float:
     return worst
 
 
-def compare(title: str, dataset, split, cases, workers: int,
-            settings: Settings) -> tuple[float, dict]:
-    """Both executors on the same cases: the throughput ratio and Dask's per-image seconds."""
+def compare(title: str, dataset, split, cases, workers: int, settings: Settings, *,
+            repeat: int) -> tuple[float, dict]:
+    """Both executors on the same cases, in turn ``repeat`` times (pool, dask, pool, ...,
+    so that a change of the machine's load weighs on both): the median throughput ratio
+    and Dask's last run."""
     print(f"\n== {title}: {len(cases)} cases, {len(split.gallery) + len(split.probes)} "
           f"images, {workers} workers (load {load_average()})")
+    ratios, cpu_ratios = [], []
     with tempfile.TemporaryDirectory(prefix="faceanon-dask-") as folder:
-        pool = run_grid(dataset, split, cases, LocalPool(workers=workers),
-                        Path(folder) / "pool.duckdb", settings)
-        print(f"local pool: {pool['wall']:8.1f} s   (load {load_average()})")
-        # A cluster started and closed alone: what of Dask's wall time is its start.
-        started = time.perf_counter()
-        with DaskExecutor(workers=workers) as executor:
-            executor.start(_init_worker, (settings, frozenset(), {}))
-            executor.client.wait_for_workers(workers)
-            cluster_start = time.perf_counter() - started
-        dask = run_grid(dataset, split, cases, DaskExecutor(workers=workers),
-                        Path(folder) / "dask.duckdb", settings)
-        print(f"dask:       {dask['wall']:8.1f} s   (load {load_average()}), of which "
-              f"starting a LocalCluster alone takes {cluster_start:.1f} s")
-    for name, run in (("local pool", pool), ("dask", dask)):
-        print(f"{name + ' CPU:':<16}{sum(run['cpu'].values()):8.1f} s   (client "
-              f"{run['cpu']['client']:.1f} s, workers {run['cpu']['workers']:.1f} s)")
-    cpu_ratio = sum(pool["cpu"].values()) / sum(dask["cpu"].values())
-    print(f"CPU ratio pool / dask = {cpu_ratio:.2f} (the work itself, whatever else the "
-          "machine runs)")
-    ratio = pool["wall"] / dask["wall"]
-    difference = largest_difference(pool["scores"], dask["scores"])
-    print(f"throughput ratio dask / pool = {ratio:.2f} (goal >= 0.9); largest score "
-          f"difference {difference:.1e} ({'identical' if difference <= IDENTICAL else 'DIFFER'})")
+        for turn in range(repeat):
+            pool = run_grid(dataset, split, cases, LocalPool(workers=workers),
+                            Path(folder) / f"pool{turn}.duckdb", settings)
+            print(f"local pool: {pool['wall']:8.1f} s   (load {load_average()})")
+            # A cluster started and closed alone: what of Dask's wall time is its start.
+            started = time.perf_counter()
+            with DaskExecutor(workers=workers) as executor:
+                executor.start(_init_worker, (settings, frozenset(), {}))
+                executor.client.wait_for_workers(workers)
+                cluster_start = time.perf_counter() - started
+            dask = run_grid(dataset, split, cases, DaskExecutor(workers=workers),
+                            Path(folder) / f"dask{turn}.duckdb", settings)
+            print(f"dask:       {dask['wall']:8.1f} s   (load {load_average()}), of which "
+                  f"starting a LocalCluster alone takes {cluster_start:.1f} s")
+            for name, run in (("local pool", pool), ("dask", dask)):
+                print(f"{name + ' CPU:':<16}{sum(run['cpu'].values()):8.1f} s   (client "
+                      f"{run['cpu']['client']:.1f} s, workers {run['cpu']['workers']:.1f} s)")
+            difference = largest_difference(pool["scores"], dask["scores"])
+            print(f"largest score difference {difference:.1e} "
+                  f"({'identical' if difference <= IDENTICAL else 'DIFFER'})")
+            ratios.append(pool["wall"] / dask["wall"])
+            cpu_ratios.append(sum(pool["cpu"].values()) / sum(dask["cpu"].values()))
+    ratio = statistics.median(ratios)
+    print(f"throughput ratio dask / pool = {ratio:.2f} (median of "
+          f"{', '.join(f'{r:.2f}' for r in ratios)}; goal >= 0.9)")
+    print(f"CPU ratio pool / dask = {statistics.median(cpu_ratios):.2f} (the work itself, "
+          "whatever else the machine runs)")
     return ratio, dask
 
 
@@ -189,6 +197,8 @@ def main() -> None:
     parser.add_argument("--paper-identities", type=int, default=100)
     parser.add_argument("--writer-identities", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="runs of each executor per grid, in turn (default 2)")
     args = parser.parse_args()
 
     dataset = resolve_dataset(args.data)
@@ -196,11 +206,12 @@ def main() -> None:
     print(f"faceanon dask efficiency: {args.workers} workers, backend {settings.backend}, "
           f"{os.cpu_count()} cores")
     smoke = protocol_split(dataset, identities=args.smoke_identities, seed=args.seed)
-    compare("smoke grid", dataset, smoke, grid_cases("smoke"), args.workers, settings)
+    compare("smoke grid", dataset, smoke, grid_cases("smoke"), args.workers, settings,
+            repeat=args.repeat)
     paper = protocol_split(dataset, identities=args.paper_identities, seed=args.seed)
     _, dask_run = compare(f"paper grid ({', '.join(PAPER_SUBSET)})", dataset, paper,
                            grid_cases("paper", methods=list(PAPER_SUBSET)), args.workers,
-                           settings)
+                           settings, repeat=args.repeat)
 
     scores_per_s, embeddings_per_s = writer_rates(args.writer_identities, repeat=3)
     # The client also decodes each original once, for the hash the workers check.
