@@ -137,7 +137,7 @@ def run_pipeline(dataset, split, cases, *, workers: int, backend: str = "auto",
                 used = evaluation.backend.name
                 # the pool's processes, read before it shuts down (a private attribute:
                 # this script measures the pipeline from outside)
-                pool = evaluation._pool
+                pool = evaluation.executor._pool
                 spent = [scheduler_seconds(pid) for pid in (pool._processes if pool else ())]
             wall = time.perf_counter() - start
             spent.append(None if here is None else scheduler_seconds("self") - here)

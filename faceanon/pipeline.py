@@ -35,12 +35,9 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
-import multiprocessing
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -49,6 +46,7 @@ from faceanon import utility
 from faceanon.attacks import Attack, get_attack
 from faceanon.datasets import Dataset, Sample, Split
 from faceanon.errors import FaceanonError
+from faceanon.executors import Executor, LocalPool
 from faceanon.imageio import read_image
 from faceanon.methods import Method, get_method, needs_whole_set
 from faceanon.protocol import DEFAULT_ATTACK, Case, OnMiss, Variant, image_rng, set_rng
@@ -432,6 +430,16 @@ def _array_chip(task: tuple[str, np.ndarray, float, Variant, _AttackTask]) -> li
     return _attacked_chips(key, image, seconds, variant=variant, job=job)
 
 
+def _task_files(prepare, task: tuple) -> list[str]:
+    """The original image files a task reads in its worker: the image it anonymizes, or,
+    for an image a set method made in the main process, the original its utility is
+    measured against (if it is)."""
+    if prepare is _array_chip:
+        job = task[4]
+        return [job.original] if job.utility is not None else []
+    return [task[1]]
+
+
 def _batch_task(prepare, tasks: Sequence) -> list[Encoded]:
     """A worker's unit of work: each image to its chips (``prepare``: one per attack),
     then one batch through the network."""
@@ -474,8 +482,9 @@ class Evaluation:
         Backend, detector, region, seed; a backend of ``auto`` is resolved here
         (:meth:`Settings.resolved`), and :attr:`settings` holds the backend used.
     workers : int, optional
-        Worker processes; default one per core. ``1`` runs everything in this process
-        (the serial path, used to check that the parallel one gives the same scores).
+        Worker processes of the default executor (:class:`faceanon.executors.LocalPool`);
+        default one per core. ``1`` runs everything in this process (the serial path,
+        used to check that the parallel one gives the same scores).
     batch_size : int, optional
         Images a worker takes at a time; their face chips are encoded in one batch.
     methods : mapping of str to Method, optional
@@ -489,6 +498,11 @@ class Evaluation:
     data_root : path-like, optional
         Given to :meth:`faceanon.attacks.Attack.prepare`: the folder that holds the
         benchmark's dataset (and ``lfw-singletons``, what a learning attack may train on).
+    executor : faceanon.executors.Executor, optional
+        Where the per-image work runs (:func:`faceanon.executors.get_executor`); default
+        a local process pool of ``workers``. The evaluation starts it when work first
+        needs it and closes it in :meth:`close`. Set methods (k-Same) anonymize each set
+        in this process whatever the executor; their images are encoded by its workers.
     """
 
     def __init__(
@@ -504,13 +518,15 @@ class Evaluation:
         methods: Mapping[str, Method] | None = None,
         attacks: Mapping[str, Attack] | None = None,
         data_root=None,
+        executor: Executor | None = None,
     ):
         self.dataset = dataset
         self.split = split
         self.db = db
         self.run_id = run_id
         self.settings = (settings or Settings()).resolved()
-        self.workers = workers or os.cpu_count() or 1
+        self.executor = executor if executor is not None else LocalPool(workers=workers)
+        self.workers = getattr(self.executor, "workers", None) or workers
         self.batch_size = batch_size
         self.data_root = data_root
         self.backend = worker_backend(self.settings)  # the serial path encodes with it
@@ -530,7 +546,6 @@ class Evaluation:
         self._plan_sides: dict[Variant, dict[str, set[str]]] = {}
         self._pending: dict[Variant, Iterator[Encoded]] = {}
         self._prepared: dict[tuple[Variant, str], Attack] = {}
-        self._pool: ProcessPoolExecutor | None = None
         # Image rows (and attack training records) made but not yet stored: they go with
         # the next case stored, in its transaction, so that no image row exists without a
         # case that used it.
@@ -557,7 +572,7 @@ class Evaluation:
         """``variant`` with its ``k`` checked by its method (None for methods without k)."""
         return Variant(variant.method, self.method(variant.method).check_k(variant.k))
 
-    # The pool is made lazily and reused across cases so models load once per worker.
+    # The executor is started lazily and reused across cases so models load once per worker.
     def _map(self, prepare, tasks: Sequence) -> Iterator[Encoded]:
         """Each task to its image's chips (``prepare``), encoded a batch of tasks at a time.
 
@@ -566,19 +581,19 @@ class Evaluation:
         """
         work = functools.partial(_batch_task, prepare)
         batches = [tasks[i:i + self.batch_size] for i in range(0, len(tasks), self.batch_size)]
-        if self.workers <= 1 or len(tasks) < 2:
+        if not self.executor.parallel or len(tasks) < 2:
             _init_worker(self.settings, self._known_keys(), self._methods, self.backend)
             return itertools.chain.from_iterable(map(work, batches))
         # Workers keep the cache snapshot they started with; a stale snapshot only costs a
         # re-encode, never a wrong result, because keys are pixel hashes.
-        if self._pool is None:
-            known = self._known_keys()
-            context = multiprocessing.get_context("forkserver")
-            self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=context, initializer=_init_worker,
-                initargs=(self.settings, known, dict(self._methods)),
-            )
-        return itertools.chain.from_iterable(self._pool.map(work, batches))
+        if not self.executor.started:
+            self.executor.start(_init_worker,
+                                (self.settings, self._known_keys(), dict(self._methods)))
+        # The original files each batch reads: an executor whose workers may see other
+        # files than this process checks their pixels.
+        files = [[path for task in batch for path in _task_files(prepare, task)]
+                 for batch in batches]
+        return itertools.chain.from_iterable(self.executor.map(work, batches, files=files))
 
     def _encoders(self) -> list[str]:
         """The cache's encoder names the known attacks use (:meth:`Attack.cache_key`)."""
@@ -591,9 +606,8 @@ class Evaluation:
                 for encoder in self._encoders()}
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
+        self._pending.clear()  # results still on the way are dropped with the workers
+        self.executor.close()
 
     def __enter__(self):
         return self
@@ -753,7 +767,7 @@ class Evaluation:
         return self._jobs(self._plan_sides.get(variant) or {DEFAULT_ATTACK: SIDES})
 
     def _prefetch_after(self, current: Variant) -> None:
-        if current not in self._plan or self.workers <= 1:
+        if current not in self._plan or not self.executor.parallel:
             return
         following = self._plan[self._plan.index(current) + 1 :]
         if not following or following[0] in self._pending:

@@ -56,7 +56,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-seed", type=int, default=0)
     group.addoption("--bench-run-name", default=None)
     group.addoption("--bench-workers", type=int, default=None,
-                    help="worker processes (default: one per core)")
+                    help="worker processes (default: one per core); with --bench-executor "
+                         "dask the LocalCluster's workers, ignored for --bench-scheduler")
+    group.addoption("--bench-executor", default="local",
+                    help="where images are anonymized and encoded: local (a process pool, "
+                         "the default), dask (a Dask cluster), or a registered executor")
+    group.addoption("--bench-scheduler", default=None,
+                    help="with --bench-executor dask: address of a running scheduler "
+                         "(tcp://host:8786; default $DASK_SCHEDULER_ADDRESS, else a "
+                         "LocalCluster of --bench-workers processes)")
+    group.addoption("--bench-ship-images", action="store_true",
+                    help="with --bench-executor dask: send the image files to the workers "
+                         "instead of having them read the dataset path")
     group.addoption("--bench-backend", default="auto", choices=BACKEND_CHOICES,
                     help="recognizer: dlib's face descriptor in torch (dlib-resnet-torch) or "
                          "in dlib (dlib-resnet); default auto, the torch one where it runs "

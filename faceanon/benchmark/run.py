@@ -88,6 +88,7 @@ class BenchRun:
         self._methods: dict = {}
         self._backend = None
         self._speed_faces: list[SpeedFace] | None = None
+        self._executor = None
 
     # -- options -------------------------------------------------------------------------
 
@@ -164,6 +165,10 @@ class BenchRun:
         from faceanon.detect import REGIONS, DetectorError, get_detector
 
         self.planned = cases
+        # An unknown executor fails here, once, before the data is listed; its notes (an
+        # option it ignores) are said here, where pytest does not capture them.
+        for note in self.executor().notes():
+            self._say(note)
         self.dataset = self._find_dataset()
         identities = self.option("identities") or DEFAULT_IDENTITIES[self.option("grid")]
         self.split = protocol_split(self.dataset,
@@ -183,6 +188,29 @@ class BenchRun:
         if self.option("region") not in REGIONS:
             raise DetectorError(f"unknown region {self.option('region')!r}; choose one of "
                                 f"{', '.join(REGIONS)}")
+
+    def executor(self):
+        """The executor of ``--bench-executor``, made once (started by the evaluation).
+
+        Raises
+        ------
+        faceanon.executors.ExecutorError
+            An unknown executor, or a Dask option given to another executor.
+        """
+        if self._executor is None:
+            from faceanon.executors import ExecutorError, get_executor
+
+            name = self.option("executor")
+            options = {"workers": self.option("workers")}
+            dask_options = {"scheduler": self.option("scheduler"),
+                            "ship_images": self.option("ship-images")}
+            if name == "dask":
+                options.update(dask_options)
+            elif any(dask_options.values()):
+                raise ExecutorError("--bench-scheduler and --bench-ship-images need "
+                                    f"--bench-executor dask, not {name!r}")
+            self._executor = get_executor(name, **options)
+        return self._executor
 
     def _find_dataset(self):
         from faceanon.datasets import DatasetError, resolve_dataset
@@ -225,6 +253,7 @@ class BenchRun:
         from faceanon.store import ResultsDB
 
         settings = self.settings
+        executor = self.executor()
         for case in self.planned:
             if case.method is not None:
                 self.method(case.method)
@@ -237,7 +266,7 @@ class BenchRun:
             dataset_fingerprint=self.dataset.fingerprint,
             config={"grid": self.option("grid"), "identities": len(self.split.identities),
                     **self.split.summary(), **settings.as_dict(), **self.backend_choice(),
-                    "dataset_root": str(self.dataset.root),
+                    "dataset_root": str(self.dataset.root), "executor": executor.describe(),
                     # what each attack is: its summary, locator, methods and settings
                     "attacks": {name: attack.describe() for name, attack in attacks.items()}},
             git_commit=commit,
@@ -251,7 +280,7 @@ class BenchRun:
         self.evaluation = Evaluation(self.dataset, self.split, db=self.db, run_id=self.run_id,
                                      settings=settings, workers=self.option("workers"),
                                      methods=self._methods, attacks=attacks,
-                                     data_root=self.dataset.root.parent)
+                                     data_root=self.dataset.root.parent, executor=executor)
         self.evaluation.plan(self.planned)
         return self.evaluation
 
