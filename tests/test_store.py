@@ -29,7 +29,7 @@ from faceanon.store import (
 )
 
 TABLES = {"runs", "cases", "images", "scores", "embeddings", "timings", "schema_version",
-          "confusion_thresholds"}
+          "confusion_thresholds", "video_cases", "video_frames"}
 VIEWS = {"case_metrics", "confusion", "det_curve"}
 
 
@@ -484,7 +484,8 @@ def test_old_database_is_upgraded_in_place(db_path):
         assert (metrics[2]["fmr"], metrics[2]["fnmr"]) == (0.5, 0.0)
         # the cache did not say which model computed it: emptied, never reused
         assert db.con.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 0
-        assert db.con.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert db.con.execute("SELECT version FROM schema_version").fetchall() == [
+            (SCHEMA_VERSION,)]
         assert _start(db) == 4
     with ResultsDB(db_path, read_only=True) as db:
         assert [r["id"] for r in db.runs()] == [4, 3, 2, 1]
@@ -530,7 +531,7 @@ def test_failed_upgrade_changes_nothing(db_path, monkeypatch):
 def test_newer_or_foreign_databases_are_refused(db_path, tmp_path):
     ResultsDB(db_path).close()
     con = duckdb.connect(str(db_path))
-    con.execute("UPDATE schema_version SET version = 3")
+    con.execute(f"UPDATE schema_version SET version = {SCHEMA_VERSION + 1}")
     con.close()
     for read_only in (False, True):
         with pytest.raises(SchemaVersionError, match="newer faceanon.*upgrade faceanon"):
