@@ -36,6 +36,7 @@ from faceanon.report.tables import (
     leaderboard,
     protocol_differences,
 )
+from faceanon.report.video import is_video_run, video_section
 from faceanon.report.worst_case import chance_rank1, worst_case
 from faceanon.store import DEFAULT_DB, ResultsDB
 
@@ -189,7 +190,8 @@ def render_report(
         # writing the database waits at most for one query, never for the pictures.
         with ResultsDB(db_path, read_only=True) as db:
             runs = db.runs()
-            run, base = choose_runs(runs, run_ids)
+            # The leaderboard shows image runs; the video runs have a section of their own.
+            run, base = choose_runs([r for r in runs if not is_video_run(r)] or runs, run_ids)
             rows = leaderboard(db, int(run["id"]), min_mated=min_mated)
             # each run is read at its own decision threshold
             threshold = run["threshold"]
@@ -202,6 +204,7 @@ def render_report(
                 differences = protocol_differences(base, run)
                 comparison = compare_runs(base_rows, rows, protocols_match=not differences)
             pictures = make_pictures(db, run, rows, staging / "img", identities=identities)
+            video = video_section(db, runs, staging / "img")
         context = {
             "run": run,
             "base": base,
@@ -219,6 +222,7 @@ def render_report(
             "study_threshold": STUDY_THRESHOLD,
             "comparison": comparison,
             "pictures": pictures,
+            "video": video,
             "min_mated": min_mated,
             "tolerance": METRIC_TOLERANCE,
             "time_tolerance": TIME_TOLERANCE,
