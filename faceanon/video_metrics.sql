@@ -5,10 +5,13 @@
 -- One row per (video case, person).
 --   leak_rate            share of the case's frames in which the person is identified
 --   identified_anywhere  identified in at least one frame
---   visible_frames       frames in which the same attack identifies the person on the clear
---                        clip of the same run (same clip, same number of frames)
---   leak_rate_visible    leak rate over those frames (NULL when there are none or the run
---                        has no clear case for this attack)
+--   visible_frames       frames in which the person is identified on the clear clip of the
+--                        same run (same clip, same number of frames) by the same attack, or,
+--                        when the run has no clear case of that attack (the filter attacks),
+--                        by 'located' (the descriptor in the face boxes, which the filter
+--                        attacks add their restoration to), else by 'detect'
+--   visible_baseline     the attack of that clear case
+--   leak_rate_visible    leak rate over those frames (NULL when there are none)
 --   best_distance        the person's nearest face over all frames
 CREATE OR REPLACE TEMP VIEW video_person_metrics AS
 WITH people AS (
@@ -21,14 +24,22 @@ per_frame AS (
            f.distances[p.i] AS distance
     FROM people p JOIN video_frames f ON f.case_id = p.case_id
 ),
-clear_hits AS (
-    SELECT c.id AS case_id, pf.person, pf.frame
+baseline AS (
+    SELECT c.id AS case_id, z.id AS clear_id, z.attack AS clear_attack,
+           row_number() OVER (PARTITION BY c.id ORDER BY
+               CASE WHEN z.attack = c.attack THEN 0 WHEN z.attack = 'located' THEN 1
+                    WHEN z.attack = 'detect' THEN 2 ELSE 3 END, z.id) AS choice
     FROM video_cases c
-    JOIN video_cases z ON z.run_id = c.run_id AND z.method = 'clear' AND z.attack = c.attack
+    JOIN video_cases z ON z.run_id = c.run_id AND z.method = 'clear'
                        AND z.clip_sha256 = c.clip_sha256 AND z.frames = c.frames
-    JOIN per_frame pf ON pf.case_id = z.id AND pf.hit
+),
+clear_hits AS (
+    SELECT b.case_id, pf.person, pf.frame
+    FROM baseline b JOIN per_frame pf ON pf.case_id = b.clear_id AND pf.hit
+    WHERE b.choice = 1
 )
 SELECT c.id AS case_id, c.run_id, c.label, c.method, c.k, c.attack, pf.person,
+       any_value(b.clear_attack) AS visible_baseline,
        count(*) AS frames,
        count(*) FILTER (WHERE pf.hit) AS identified_frames,
        avg(CASE WHEN pf.hit THEN 1.0 ELSE 0.0 END) AS leak_rate,
@@ -41,7 +52,8 @@ SELECT c.id AS case_id, c.run_id, c.label, c.method, c.k, c.attack, pf.person,
 FROM video_cases c
 JOIN per_frame pf ON pf.case_id = c.id
 LEFT JOIN clear_hits h ON h.case_id = c.id AND h.person = pf.person AND h.frame = pf.frame
-GROUP BY ALL;
+LEFT JOIN baseline b ON b.case_id = c.id AND b.choice = 1
+GROUP BY c.id, c.run_id, c.label, c.method, c.k, c.attack, pf.person;
 
 -- One row per video case.
 --   uncovered_frame_share  share of frames with a reference face not covered (>= 90 % of its

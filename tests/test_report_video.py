@@ -85,8 +85,10 @@ def test_video_views_compute_leak_rates_and_uncovered_shares(tmp_path):
     alex = people[(ids["blur"], "alex-lacamoire")]
     assert alex["leak_rate"] == 0 and not alex["identified_anywhere"]
     assert alex["leak_rate_visible"] is None  # never identified on the clear clip
-    # the located blackout has no clear case of its own attack: nothing to compare with
-    assert people[(ids["blackout"], "lin-manuel-miranda")]["leak_rate_visible"] is None
+    # the located blackout has no clear case of its own attack: compared with clear detect
+    blackout = people[(ids["blackout"], "lin-manuel-miranda")]
+    assert blackout["visible_baseline"] == "detect" and blackout["visible_frames"] == 3
+    assert blackout["leak_rate_visible"] == 0.0 and lin["visible_baseline"] == "detect"
     blur = cases[ids["blur"]]
     assert blur["uncovered_frame_share"] == 0.25 and blur["uncovered_face_share"] == 0.2
     assert blur["people_identified"] == ["lin-manuel-miranda"] and blur["anonymize_fps"] == 12.5
