@@ -199,7 +199,7 @@ def _unknown_type_hint(outcome: Outcome) -> str | None:
                    "`faceanon train-gan`.")
 def anonymize_command(inputs, output, method_name, k, detector, region, margin, seed, on_miss,
                       ignore_unknown, max_pixels, audio, as_json, quiet, weights):
-    """Anonymize the faces in image files and folders (recursively) into OUTPUT.
+    """Anonymize the faces in images, videos and folders (recursively) into OUTPUT.
 
     Reads JPEG, PNG (also animated), TIFF (every page), GIF (every frame), WebP (also
     animated), BMP and PPM/PGM/PBM files, at 8 or 16 bits or float, grey, colour, palette,
