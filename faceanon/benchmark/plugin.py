@@ -103,6 +103,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     if config.option.collectonly:
         return
+    # The video cases left after -k: the video run is complete only when all were stored.
+    config.stash[VIDEO_KEY].planned = sum(
+        "bench_video_case" in getattr(getattr(item, "callspec", None), "params", {})
+        for item in session.items)
     needs_bench = [item for item in session.items
                    if set(BENCH_ARGUMENTS) & set(getattr(item, "fixturenames", ()))]
     if not needs_bench:

@@ -317,7 +317,7 @@ class VideoBench:
         self.run_id: int | None = None
         self.case_ids: list[int] = []
         self.errors = 0
-        self.planned = 0
+        self.planned = 0  # the selected video cases; the plugin counts them at collection
         self.status: str | None = None
         self._data: dict | None = None
         self._scratch: Path | None = None
@@ -380,7 +380,6 @@ class VideoBench:
         from faceanon.store import DEFAULT_DB, ResultsDB
 
         data = self.data()
-        self.planned = len(self.planned_cases())
         self._scratch = Path(tempfile.mkdtemp(prefix="faceanon-video-"))
         self.db = ResultsDB(self.option("db") or DEFAULT_DB)
         commit, dirty = provenance.git_state(Path(self.config.rootpath))
