@@ -155,6 +155,17 @@ def test_report_has_a_video_section_beside_the_image_leaderboard(tmp_path):
     assert section.count("<img ") == 3
 
 
+def test_report_of_video_runs_only_says_what_is_missing(tmp_path):
+    from faceanon.report import ReportError
+
+    path = tmp_path / "r.duckdb"
+    with ResultsDB(path) as db:
+        add_video_run(db)
+    with pytest.raises(ReportError, match="holds only video runs.*pytest bench"):
+        render_report(path, tmp_path / "report", identities=0)
+    assert not (tmp_path / "report").exists()
+
+
 def test_report_without_video_runs_has_no_video_section(tmp_path):
     path = tmp_path / "r.duckdb"
     with ResultsDB(path) as db:

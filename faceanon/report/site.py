@@ -191,7 +191,13 @@ def render_report(
         with ResultsDB(db_path, read_only=True) as db:
             runs = db.runs()
             # The leaderboard shows image runs; the video runs have a section of their own.
-            run, base = choose_runs([r for r in runs if not is_video_run(r)] or runs, run_ids)
+            image_runs = [r for r in runs if not is_video_run(r)]
+            if runs and not image_runs:
+                raise ReportError(
+                    f"{db_path} holds only video runs; the leaderboard is drawn around an "
+                    "image run: run the image benchmark into the same database too "
+                    "(pytest bench -k 'not video'), then render again")
+            run, base = choose_runs(image_runs, run_ids)
             rows = leaderboard(db, int(run["id"]), min_mated=min_mated)
             # each run is read at its own decision threshold
             threshold = run["threshold"]
