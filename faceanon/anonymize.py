@@ -56,6 +56,7 @@ from faceanon.formats import (
 )
 from faceanon.methods import Method, MethodError, needs_whole_set
 from faceanon.protocol import OnMiss, Variant, image_rng, set_rng
+from faceanon.video import is_video_path
 
 __all__ = [
     "Job",
@@ -169,7 +170,8 @@ def plan_jobs(
         The output folder.
     ignore_unknown : bool
         Leave out files inside input folders whose suffix is not one of
-        :data:`faceanon.formats.DOCUMENT_SUFFIXES`. By default every file is planned, so
+        :data:`faceanon.formats.DOCUMENT_SUFFIXES` or a video suffix
+        (:data:`faceanon.video.VIDEO_SUFFIXES`). By default every file is planned, so
         that a file the tool cannot read is reported rather than silently left behind.
         Files named in ``inputs`` are always planned.
 
@@ -199,7 +201,7 @@ def plan_jobs(
                     "folder outside the inputs."
                 )
             for path in _walk(given):
-                if ignore_unknown and not is_document_path(path):
+                if ignore_unknown and not (is_document_path(path) or is_video_path(path)):
                     ignored.append(path)
                     continue
                 relative = path.relative_to(given)

@@ -98,6 +98,25 @@ def write_image(path: os.PathLike | str, image: np.ndarray, *, quality: int = 95
         picture.save(handle, format=Image.registered_extensions()[suffix], **options)
 
 
+def create_partial(path: os.PathLike | str, *, suffix: str = "") -> tuple[int, Path]:
+    """Create a new, empty hidden file beside ``path`` to be renamed to it once complete.
+
+    Returns its open descriptor (write only) and its path. The mode is 0666 filtered by the
+    process umask, as ``open()`` would create ``path`` itself: ``tempfile.mkstemp`` would
+    force 0600 and leave published files unreadable to anyone else. The name starts with
+    ``.partial-``: anonymize's folder walk skips hidden files, so a leftover from a killed
+    run never becomes an input.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        temporary = path.parent / f".partial-{secrets.token_hex(6)}-{path.name}{suffix}"
+        try:
+            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temporary
+        except FileExistsError:
+            continue
+
+
 @contextlib.contextmanager
 def atomic_output(path: os.PathLike | str) -> Iterator[BinaryIO]:
     """Open a hidden temporary file beside ``path``; rename it to ``path`` once complete.
@@ -109,16 +128,7 @@ def atomic_output(path: os.PathLike | str) -> Iterator[BinaryIO]:
     any error removes the temporary file and re-raises.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        # ".partial-" and a leading dot: anonymize's folder walk skips hidden files, so a
-        # leftover from a killed run never becomes an input.
-        temporary = path.parent / f".partial-{secrets.token_hex(6)}-{path.name}"
-        try:
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        break
+    descriptor, temporary = create_partial(path)
     try:
         with os.fdopen(descriptor, "wb") as handle:
             yield handle

@@ -1,4 +1,4 @@
--- faceanon results database: tables, schema version 4.
+-- faceanon results database: tables, schema version 5 (the video tables: video_schema.sql).
 --
 -- Executed by faceanon.store.ResultsDB once, when it creates a new database. A database
 -- written by an older faceanon is upgraded in place by the migrations in store.py (they
@@ -16,7 +16,7 @@
 CREATE TABLE schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version VALUES (4);
+INSERT INTO schema_version VALUES (5);
 
 CREATE SEQUENCE runs_id_seq START 1;
 CREATE SEQUENCE cases_id_seq START 1;

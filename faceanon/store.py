@@ -73,7 +73,7 @@ DEFAULT_THRESHOLD = DECISION_THRESHOLD
 #: the decision threshold and 0.575, the threshold of the seed study's DeepPrivacy table.
 CONFUSION_THRESHOLDS = (DECISION_THRESHOLD, 0.575)
 #: The schema version this faceanon writes and reads (``schema.sql``).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 RUN_STATUSES = ("running", "complete", "failed", "interrupted", "crashed")
 FINAL_STATUSES = ("complete", "failed", "interrupted")
 IMAGE_COLUMNS = ("key", "role", "method", "k", "sha256", "acquired", "faces_found", "backend",
@@ -127,6 +127,12 @@ class SchemaVersionError(StoreError):
 
 def _sql(name: str) -> str:
     return resources.files("faceanon").joinpath(name).read_text(encoding="utf-8")
+
+
+def _make_views(con) -> None:
+    """The TEMP metric views of a connection: the image cases' and the video cases'."""
+    con.execute(_sql("metrics.sql"))
+    con.execute(_sql("video_metrics.sql"))
 
 
 def _now() -> datetime:
@@ -339,13 +345,25 @@ def _migrate_3_to_4(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("UPDATE schema_version SET version = 4")
 
 
+def _migrate_4_to_5(con: duckdb.DuckDBPyConnection) -> None:
+    """Version 4 to 5: the video benchmark's tables ``video_cases`` and ``video_frames``.
+
+    ``video_schema.sql`` creates them only where they are missing, so the step is
+    idempotent; no existing table changes.
+    """
+    con.execute(_sql("video_schema.sql"))
+    con.execute("UPDATE schema_version SET version = 5")
+
+
 #: version -> the function that upgrades a database of that version to the next one.
-_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4,
+               4: _migrate_4_to_5}
 
 
 def _create(con: duckdb.DuckDBPyConnection) -> None:
     """A new database: the tables of ``schema.sql`` and the default confusion thresholds."""
     con.execute(_sql("schema.sql"))
+    con.execute(_sql("video_schema.sql"))
     con.executemany("INSERT INTO confusion_thresholds VALUES (?)",
                     [[t] for t in CONFUSION_THRESHOLDS])
 
@@ -428,7 +446,7 @@ class ResultsDB:
                 raise ValueError("an in-memory database cannot be opened read-only")
             self._con = duckdb.connect(":memory:")
             _create(self._con)
-            self._con.execute(_sql("metrics.sql"))
+            _make_views(self._con)
             return
         if read_only and not Path(self.path).exists():
             raise FileNotFoundError(f"no results database at {self.path}")
@@ -463,7 +481,7 @@ class ResultsDB:
             if self._memory:
                 raise StoreError("the in-memory database was closed")
             self._con = self._open_file(read_only=self.read_only)
-            self._con.execute(_sql("metrics.sql"))
+            _make_views(self._con)
         return self._con
 
     def _open_file(self, *, read_only: bool,
@@ -530,7 +548,7 @@ class ResultsDB:
                 cursor = self._con.cursor()
                 try:
                     if views:
-                        cursor.execute(_sql("metrics.sql"))
+                        _make_views(cursor)
                     yield cursor
                 finally:
                     cursor.close()
@@ -540,7 +558,7 @@ class ResultsDB:
         con = self._open_file(read_only=self.read_only, timeout=timeout)
         try:
             if views:
-                con.execute(_sql("metrics.sql"))
+                _make_views(con)
             yield con
         finally:
             with _CONNECTING:
@@ -1303,6 +1321,9 @@ class ResultsDB:
             for statement in (
                 f"DELETE FROM scores WHERE case_id IN {cases}",
                 f"DELETE FROM timings WHERE case_id IN {cases}",
+                "DELETE FROM video_frames WHERE case_id IN "
+                "(SELECT id FROM video_cases WHERE run_id = $run)",
+                "DELETE FROM video_cases WHERE run_id = $run",
                 "DELETE FROM images WHERE run_id = $run",
                 "DELETE FROM attack_trainings WHERE run_id = $run",
                 "DELETE FROM image_utility WHERE run_id = $run",
@@ -1488,3 +1509,105 @@ class ResultsDB:
                 "SELECT count(*), count(*) FILTER (WHERE embedding IS NULL) FROM embeddings"
             ).fetchall()[0]
         return int(total), int(faceless)
+
+    # -- the video benchmark -----------------------------------------------------------
+
+    #: The columns of a video case :meth:`write_video_case` takes (``id`` is made here).
+    VIDEO_CASE_COLUMNS = ("label", "method", "k", "attack", "clip", "clip_sha256", "frames",
+                          "frame_rate", "people", "threshold", "reference_detector",
+                          "tracking", "anonymize_seconds", "anonymize_fps", "strip_frame",
+                          "strip_png", "settings")
+    #: The columns of a frame row (``case_id`` is added here).
+    VIDEO_FRAME_COLUMNS = ("frame", "time", "faces_found", "identified", "distances",
+                           "anonymized_boxes", "reference_faces", "uncovered_faces",
+                           "coverage")
+
+    def write_video_case(self, run_id: int, case: Mapping[str, Any],
+                         frames: Sequence[Mapping[str, Any]]) -> int:
+        """Store one video case and its frame rows in one transaction; return its id.
+
+        A killed run leaves the case complete or absent, never a case with part of its
+        frames.
+
+        Parameters
+        ----------
+        run_id : int
+        case : mapping
+            Every key of :data:`VIDEO_CASE_COLUMNS` (``settings`` as a dict).
+        frames : sequence of mapping
+            One per measured frame, with every key of :data:`VIDEO_FRAME_COLUMNS`;
+            ``distances`` in the order of ``case["people"]`` (``None``: no face found).
+
+        Raises
+        ------
+        ValueError
+            A missing key, no frames, or a frame whose distances do not match the people.
+        """
+        missing = [c for c in self.VIDEO_CASE_COLUMNS if c not in case]
+        if missing:
+            raise ValueError(f"video case misses {', '.join(missing)}")
+        if not frames:
+            raise ValueError(f"video case {case['label']}: no frames measured")
+        people = list(case["people"])
+        for row in frames:
+            absent = [c for c in self.VIDEO_FRAME_COLUMNS if c not in row]
+            if absent:
+                raise ValueError(f"video frame row misses {', '.join(absent)}")
+            if len(row["distances"]) != len(people):
+                raise ValueError(f"frame {row['frame']}: {len(row['distances'])} distances "
+                                 f"for {len(people)} people")
+        values = [case[c] for c in self.VIDEO_CASE_COLUMNS]
+        values[-1] = _json(values[-1])
+        table = pa.table({
+            "frame": pa.array([int(r["frame"]) for r in frames], pa.int64()),
+            "time": pa.array([r["time"] for r in frames], pa.float64()),
+            "faces_found": pa.array([int(r["faces_found"]) for r in frames], pa.int64()),
+            "identified": pa.array([list(r["identified"]) for r in frames],
+                                   pa.list_(pa.string())),
+            "distances": pa.array([[None if d is None or d != d else float(d)
+                                    for d in r["distances"]] for r in frames],
+                                  pa.list_(pa.float64())),
+            "anonymized_boxes": pa.array([int(r["anonymized_boxes"]) for r in frames],
+                                         pa.int64()),
+            "reference_faces": pa.array([int(r["reference_faces"]) for r in frames],
+                                        pa.int64()),
+            "uncovered_faces": pa.array([int(r["uncovered_faces"]) for r in frames],
+                                        pa.int64()),
+            "coverage": pa.array([[float(c) for c in r["coverage"]] for r in frames],
+                                 pa.list_(pa.float64())),
+        })
+        columns = ", ".join(self.VIDEO_CASE_COLUMNS)
+        marks = ", ".join("?" for _ in self.VIDEO_CASE_COLUMNS)
+        with self._transaction() as con:
+            case_id = int(con.execute(
+                f"INSERT INTO video_cases (run_id, {columns}) VALUES (?, {marks}) RETURNING id",
+                [run_id, *values]).fetchall()[0][0])
+            self._insert(con, f"""INSERT INTO video_frames SELECT {case_id}, frame, time,
+                                   faces_found, identified, distances, anonymized_boxes,
+                                   reference_faces, uncovered_faces, coverage FROM _rows""",
+                         table)
+        return case_id
+
+    def video_runs(self) -> list[int]:
+        """The runs that hold video cases, newest first."""
+        with self._connect() as con:
+            rows = con.execute("SELECT DISTINCT run_id FROM video_cases "
+                               "ORDER BY run_id DESC").fetchall()
+        return [int(r[0]) for r in rows]
+
+    def video_case_metrics(self, run_id: int) -> list[dict]:
+        """The ``video_case_metrics`` rows of a run, in the order the cases were stored."""
+        return self._dicts("SELECT * FROM video_case_metrics WHERE run_id = $run "
+                           "ORDER BY case_id", {"run": run_id}, views=True)
+
+    def video_person_metrics(self, run_id: int) -> list[dict]:
+        """The ``video_person_metrics`` rows of a run (one per case and person)."""
+        return self._dicts("SELECT * FROM video_person_metrics WHERE run_id = $run "
+                           "ORDER BY case_id, person", {"run": run_id}, views=True)
+
+    def video_strips(self, run_id: int) -> list[dict]:
+        """Per video case of a run: ``case_id``, ``label``, ``method``, ``k``, ``attack``,
+        ``strip_frame`` and the PNG bytes ``strip_png`` (``None`` when none was kept)."""
+        return self._dicts("SELECT id AS case_id, label, method, k, attack, strip_frame, "
+                           "strip_png FROM video_cases WHERE run_id = $run ORDER BY id",
+                           {"run": run_id})

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import queue
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from faceanon.imageio import create_partial
 
 #: Output containers by suffix: (FFmpeg muxer, video encoder, encoder options).
 CONTAINERS: dict[str, tuple[str, str, dict[str, str]]] = {
@@ -413,12 +414,9 @@ class VideoWriter:
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, buffer))
         self._error: BaseException | None = None
         self._closed = False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(
-            dir=self.path.parent, prefix=".partial-", suffix=suffix
-        )
+        # the same permissions as a published image (the umask's), not mkstemp's 0600
+        descriptor, self._temporary = create_partial(self.path)
         os.close(descriptor)
-        self._temporary = Path(temporary)
         self._thread = threading.Thread(target=self._run, name="faceanon-encode", daemon=True)
         self._thread.start()
 

@@ -30,7 +30,8 @@ from faceanon.store import (
 )
 
 TABLES = {"runs", "cases", "images", "scores", "embeddings", "timings", "schema_version",
-          "confusion_thresholds", "attack_trainings", "image_utility"}
+          "confusion_thresholds", "attack_trainings", "image_utility", "video_cases",
+          "video_frames"}
 VIEWS = {"case_metrics", "confusion", "det_curve", "utility_metrics"}
 
 
@@ -839,6 +840,7 @@ def test_version_2_database_gains_the_attack_axis_and_utility(db_path):
     try:
         store._migrate_2_to_3(con)
         store._migrate_3_to_4(con)
+        store._migrate_4_to_5(con)
         assert con.execute("SELECT count(*), min(attack) FROM images").fetchone() == (1, "detect")
     finally:
         con.close()

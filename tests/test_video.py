@@ -156,6 +156,22 @@ def test_round_trip_keeps_size_rate_count_timestamps_and_copies_audio(tmp_path, 
     assert files_in(target.parent) == ["copy.mp4"]
 
 
+def test_a_written_video_gets_the_umasks_permissions_like_an_image(tmp_path, clip):
+    # Published files are readable as the user's umask says (0644 under 022), not 0600.
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with VideoReader(clip) as reader, VideoWriter(tmp_path / "v.mp4",
+                                                     source=reader.info) as writer:
+            for frame in reader:
+                writer.write(frame, frame.image)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "v.mp4").stat().st_mode) == 0o644
+
+
 def test_audio_can_be_dropped(tmp_path, clip):
     result = anonymize_video(
         clip, tmp_path / "o.mp4", method="blur", k=9, detector=ScriptedDetector(), audio="drop"

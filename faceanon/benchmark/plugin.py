@@ -22,6 +22,7 @@ import pytest
 from faceanon.protocol import DECISION_THRESHOLD, MODES
 
 RUN_KEY = pytest.StashKey["BenchRun"]()
+VIDEO_KEY = pytest.StashKey["VideoBench"]()
 #: ``--bench-backend`` choices: ``faceanon.recognition.BACKEND_CHOICES``, spelled out here
 #: because loading the plugin must not import numpy (a test keeps the two equal).
 BACKEND_CHOICES = ("auto", "dlib-resnet", "dlib-resnet-torch")
@@ -88,15 +89,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="do not measure utility (to time what it adds)")
     group.addoption("--bench-thresholds", default=None,
                     help="TOML file of metric bounds that fail a case when crossed")
+    group.addoption("--bench-video-frames", type=int, default=None,
+                    help="video cases: measure only the first N frames of the clip "
+                         "(default: per grid, the whole clip in paper)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     from faceanon.benchmark.run import BenchRun
+    from faceanon.benchmark.video import VideoBench
 
     config.stash[RUN_KEY] = BenchRun(config)
+    config.stash[VIDEO_KEY] = VideoBench(config)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "bench_video_case" in metafunc.fixturenames:
+        cases = metafunc.config.stash[VIDEO_KEY].planned_cases()
+        metafunc.parametrize("bench_video_case", cases, ids=[c.label for c in cases])
     wanted = [name for name in ("bench_case", "bench_variant") if name in metafunc.fixturenames]
     if not wanted:
         return
@@ -118,6 +127,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     if config.option.collectonly:
         return
+    # The video cases left after -k: the video run is complete only when all were stored.
+    config.stash[VIDEO_KEY].planned = sum(
+        "bench_video_case" in getattr(getattr(item, "callspec", None), "params", {})
+        for item in session.items)
     needs_bench = [item for item in session.items
                    if set(BENCH_ARGUMENTS) & set(getattr(item, "fixturenames", ()))]
     if not needs_bench:
@@ -140,13 +153,28 @@ def bench_run(request: pytest.FixtureRequest):
     return request.config.stash[RUN_KEY]
 
 
+@pytest.fixture(scope="session")
+def bench_video(request: pytest.FixtureRequest):
+    """The video cases' session (:class:`faceanon.benchmark.video.VideoBench`)."""
+    return request.config.stash[VIDEO_KEY]
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
+    video = session.config.stash.get(VIDEO_KEY, None)
+    if video is not None:
+        video.finish(exitstatus)
     run = session.config.stash.get(RUN_KEY, None)
     if run is not None:
         run.finish(exitstatus)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    video = config.stash.get(VIDEO_KEY, None)
+    if video is not None and video.run_id is not None and video.case_ids:
+        terminalreporter.section(f"faceanon video run {video.run_id} ({video.status or '?'}) "
+                                 f"-> {video.db.path}")
+        for line in video.summary_lines():
+            terminalreporter.write_line(line)
     run = config.stash.get(RUN_KEY, None)
     if run is None or run.run_id is None or not run.case_ids:
         return

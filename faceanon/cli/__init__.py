@@ -21,7 +21,7 @@ __all__ = ["COMMANDS", "FaceanonGroup", "main"]
 #: Command name -> (module:attribute, the first line of its help; a test keeps them equal).
 COMMANDS: dict[str, tuple[str, str]] = {
     "anonymize": ("faceanon.cli.anonymize:anonymize_command",
-                  "Anonymize the faces in image files and folders (recursively) into OUTPUT."),
+                  "Anonymize the faces in images, videos and folders (recursively) into OUTPUT."),
     "data": ("faceanon.cli.data:data_command", "Inspect and download face datasets."),
     "report": ("faceanon.cli.report:report_command",
                "Render the HTML leaderboard of a run as a static site (opens from disk)."),

@@ -1,11 +1,18 @@
-"""``faceanon anonymize``: check the options, run :func:`faceanon.anonymize.anonymize_files`,
-print what happened.
+"""``faceanon anonymize``: check the options, run :func:`faceanon.anonymize.anonymize_files`
+on the images and :func:`faceanon.video_anonymize.anonymize_video` on the videos, print
+what happened.
+
+Files are dispatched by kind: a file with a video suffix (:data:`faceanon.video.VIDEO_SUFFIXES`)
+is a video, every other file an image document. Videos are read and written with PyAV,
+their faces tracked across frames; each is written under a temporary name and renamed when
+complete, so a failed video leaves no output at all.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -48,6 +55,68 @@ class Reporter:
         self.bar.close()
 
 
+class FrameProgress:
+    """The progress bar of one video, in frames (every pass: k-Same decodes twice)."""
+
+    def __init__(self, name: str, *, quiet: bool):
+        from tqdm import tqdm
+
+        stream = sys.stderr
+        show = not quiet and hasattr(stream, "isatty") and stream.isatty()
+        self.bar = tqdm(total=None, desc=name, unit="frame", file=stream, disable=not show,
+                        leave=False)
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if total is not None and self.bar.total != total:
+            self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _anonymize_videos(jobs, *, method, variant, detector, margin, seed, audio, quiet,
+                      reporter: Reporter) -> list[Result]:
+    """Anonymize every video job with tracking; one :class:`Result` per job.
+
+    A video that cannot be read or written is recorded as ``failed`` with the problem
+    (:class:`faceanon.video.VideoError` names the file); the other videos still run. A
+    method that cannot run on a video (k-Same with fewer tracks than k) fails that video.
+    """
+    from faceanon.methods import MethodError
+    from faceanon.video import VideoError
+    from faceanon.video_anonymize import anonymize_video
+
+    tracker_options = None if margin is None else {"margin": margin}
+    results = []
+    for job in jobs:
+        result = Result(job)
+        progress = FrameProgress(job.source.name, quiet=quiet)
+        try:
+            done = anonymize_video(job.source, job.target, method=method, k=variant.k,
+                                   detector=detector, seed=seed, audio=audio,
+                                   tracker_options=tracker_options, progress=progress)
+        except VideoError as error:
+            result.status = "failed"
+            result.error = (error.problem if error.path == job.source
+                            else f"could not write {error.path}: {error.problem}")
+            reporter.problem(result)
+        except MethodError as error:
+            result.status, result.error = "failed", str(error)
+            reporter.problem(result)
+        else:
+            result.status = "ok"
+            result.frames = done.frames
+            result.faces = sum(len(frame.boxes) for frame in done.boxes)
+            result.boxes = [[tuple(int(v) for v in box) for box in frame.regions]
+                            for frame in done.boxes]
+        finally:
+            progress.close()
+        reporter.step()
+        results.append(result)
+    return results
+
+
 def _make_method(method_name: str, weights: Path | None):
     from faceanon.methods import MethodError, get_method
 
@@ -78,9 +147,10 @@ def _summary_line(outcome: Outcome, ignored: int, output: Path) -> str:
 def _unknown_type_hint(outcome: Outcome) -> str | None:
     """A hint when files failed that are not image types by their name."""
     from faceanon.formats import is_document_path
+    from faceanon.video import is_video_path
 
-    unknown = [r for r in outcome.results
-               if r.status == "failed" and not is_document_path(r.job.source)]
+    unknown = [r for r in outcome.results if r.status == "failed"
+               and not (is_document_path(r.job.source) or is_video_path(r.job.source))]
     if not unknown:
         return None
     return (f"note: {len(unknown)} of the failed files are not image types by their name; "
@@ -89,8 +159,8 @@ def _unknown_type_hint(outcome: Outcome) -> str | None:
 
 @click.command("anonymize")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@output_option(help="Folder for the anonymized images (created; never inside an input "
-                    "folder).")
+@output_option(help="Folder for the anonymized images and videos (created; never inside "
+                    "an input folder).")
 @click.option("--method", "method_name", default="pixelate", show_default=True,
               help=f"Anonymization method: {', '.join(available_methods())}.")
 @click.option("--k", "k", type=int, default=None,
@@ -101,8 +171,9 @@ def _unknown_type_hint(outcome: Outcome) -> str | None:
                    "--region eyes).")
 @click.option("--region", type=click.Choice(["face", "eyes"]), default="face",
               show_default=True, help="What to anonymize in each detected face.")
-@click.option("--margin", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Grow every box by this fraction of its size.")
+@click.option("--margin", type=click.FloatRange(min=0), default=None,
+              help="Grow every box by this fraction of its size. Default: 0 for images, "
+                   "0.2 for videos (the tracker's padding; a moving face gets more).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the random methods; the same seed gives the same outputs.")
 @click.option("--on-miss", type=click.Choice([m.value for m in OnMiss]),
@@ -118,14 +189,17 @@ def _unknown_type_hint(outcome: Outcome) -> str | None:
               help="Refuse images with more pixels than this (all frames together), "
                    "before decoding them. Default: Pillow's 89.5 million, lowered to what "
                    "half of the available memory holds at about 50 bytes per pixel.")
+@click.option("--audio", type=click.Choice(["copy", "drop"]), default="copy",
+              show_default=True,
+              help="Videos: copy the soundtrack unchanged (no re-encoding) or leave it out.")
 @json_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint for a generative method (deepprivacy), e.g. from "
                    "`faceanon train-gan`.")
 def anonymize_command(inputs, output, method_name, k, detector, region, margin, seed, on_miss,
-                      ignore_unknown, max_pixels, as_json, quiet, weights):
-    """Anonymize the faces in image files and folders (recursively) into OUTPUT.
+                      ignore_unknown, max_pixels, audio, as_json, quiet, weights):
+    """Anonymize the faces in images, videos and folders (recursively) into OUTPUT.
 
     Reads JPEG, PNG (also animated), TIFF (every page), GIF (every frame), WebP (also
     animated), BMP and PPM/PGM/PBM files, at 8 or 16 bits or float, grey, colour, palette,
@@ -135,6 +209,14 @@ def anonymize_command(inputs, output, method_name, k, detector, region, margin, 
     never written unanonymized (see --on-miss). The exit code is 1 when any file failed
     (a file that is not an image included, see --ignore-unknown) or, with --on-miss fail,
     had a frame with no face.
+
+    Videos (.mp4, .m4v, .mov, .mkv, .webm; in folders too, mixed with images) keep their
+    size, frame rate and frame count, their audio (--audio) and no metadata. The detector
+    runs on every frame and faces are tracked across frames: a box is held for a few
+    frames after the detector loses a face, and padded while it moves, so a one-frame miss
+    does not show a bare face. k-Same averages whole tracks over the clip; the GAN keeps
+    one face per track. A video frame with no face is written as it is (--on-miss applies
+    to images). A progress bar counts frames.
     """
     from faceanon.detect import DetectorError, get_detector
     from faceanon.methods import MethodError
@@ -158,17 +240,31 @@ def anonymize_command(inputs, output, method_name, k, detector, region, margin, 
     except PlanError as error:
         raise click.UsageError(str(error)) from None
     if not jobs:
-        raise click.UsageError("no image files found in the inputs" if ignore_unknown
+        raise click.UsageError("no image or video files found in the inputs" if ignore_unknown
                                else "no files found in the inputs")
+    from faceanon.video import is_video_path
+
+    video_jobs = [job for job in jobs if is_video_path(job.source)]
+    image_jobs = [job for job in jobs if not is_video_path(job.source)]
+    if video_jobs and region != "face":
+        raise click.UsageError("videos are anonymized by face; --region eyes is for images "
+                               f"only ({video_jobs[0].source} is a video)")
 
     reporter = Reporter(len(jobs), quiet=quiet, label=f"anonymize ({method_name})")
+    started = time.perf_counter()
     try:
-        outcome = anonymize_files(jobs, method=method, variant=variant, detector=face_detector,
-                                  region=region, margin=margin, seed=seed, on_miss=on_miss,
-                                  max_pixels=max_pixels, on_problem=reporter.problem,
-                                  on_step=reporter.step)
+        outcome = anonymize_files(image_jobs, method=method, variant=variant,
+                                  detector=face_detector, region=region,
+                                  margin=0.0 if margin is None else margin, seed=seed,
+                                  on_miss=on_miss, max_pixels=max_pixels,
+                                  on_problem=reporter.problem, on_step=reporter.step)
+        videos = _anonymize_videos(video_jobs, method=method, variant=variant,
+                                   detector=face_detector, margin=margin, seed=seed,
+                                   audio=audio, quiet=quiet, reporter=reporter)
     finally:
         reporter.close()
+    by_job = {id(r.job): r for r in [*outcome.results, *videos]}
+    outcome = Outcome([by_job[id(job)] for job in jobs], time.perf_counter() - started)
 
     if as_json:
         document = {
@@ -182,6 +278,7 @@ def anonymize_command(inputs, output, method_name, k, detector, region, margin, 
             "on_miss": on_miss,
             "ignore_unknown": ignore_unknown,
             "max_pixels": max_pixels,
+            "audio": audio,
             "output": str(output),
             "ok": outcome.ok,
             "files": [r.as_dict() for r in outcome.results],

@@ -37,6 +37,7 @@ from faceanon.report.tables import (
     leaderboard,
     protocol_differences,
 )
+from faceanon.report.video import is_video_run, video_section
 from faceanon.report.worst_case import chance_rank1, worst_case
 from faceanon.store import DEFAULT_DB, ResultsDB
 
@@ -190,7 +191,14 @@ def render_report(
         # writing the database waits at most for one query, never for the pictures.
         with ResultsDB(db_path, read_only=True) as db:
             runs = db.runs()
-            run, base = choose_runs(runs, run_ids)
+            # The leaderboard shows image runs; the video runs have a section of their own.
+            image_runs = [r for r in runs if not is_video_run(r)]
+            if runs and not image_runs:
+                raise ReportError(
+                    f"{db_path} holds only video runs; the leaderboard is drawn around an "
+                    "image run: run the image benchmark into the same database too "
+                    "(pytest bench -k 'not video'), then render again")
+            run, base = choose_runs(image_runs, run_ids)
             rows = leaderboard(db, int(run["id"]), min_mated=min_mated)
             # each run is read at its own decision threshold
             threshold = run["threshold"]
@@ -205,6 +213,7 @@ def render_report(
             pictures = make_pictures(db, run, rows, staging / "img", identities=identities)
             frontier = make_frontier(worst_case(rows), db.utility_metrics(run_id=int(run["id"])),
                                      chance=chance_rank1(rows))
+            video = video_section(db, runs, staging / "img")
         context = {
             "run": run,
             "base": base,
@@ -224,6 +233,7 @@ def render_report(
             "study_threshold": STUDY_THRESHOLD,
             "comparison": comparison,
             "pictures": pictures,
+            "video": video,
             "min_mated": min_mated,
             "tolerance": METRIC_TOLERANCE,
             "time_tolerance": TIME_TOLERANCE,
