@@ -188,7 +188,7 @@ def test_bench_backend_is_recorded_in_the_run_config(lfw, tmp_path):
 
     for requested, used in (("dlib-resnet", "dlib-resnet"), ("auto", "dlib-resnet-torch")):
         db = tmp_path / f"{requested}.duckdb"
-        result = run_bench(tmp_path, "-k", "clear", "--bench-data", str(lfw.root),
+        result = run_bench(tmp_path, "-k", "test_privacy and clear", "--bench-data", str(lfw.root),
                            "--bench-backend", requested, "--bench-db", str(db))
         assert result.returncode == 0, result.stdout + result.stderr
         with duckdb.connect(str(db), read_only=True) as con:
