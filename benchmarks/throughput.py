@@ -117,7 +117,7 @@ def scheduler_seconds(pid: int | str) -> np.ndarray | None:
 
 
 def run_pipeline(dataset, split, cases, *, workers: int, backend: str = "auto",
-                 keep_scores: bool = False) -> PipelineRun:
+                 keep_scores: bool = False, utility: bool = False) -> PipelineRun:
     """Run the cases in a fresh database: wall and CPU time, what it encoded, its scores.
 
     The scheduler's figures tell a slow pipeline from a busy machine: on a machine shared
@@ -131,7 +131,7 @@ def run_pipeline(dataset, split, cases, *, workers: int, backend: str = "auto",
                                   git_commit=None, git_dirty=None, packages={}, machine={})
             start, here = time.perf_counter(), scheduler_seconds("self")
             with Evaluation(dataset, split, db=db, run_id=run_id, workers=workers,
-                            settings=Settings(backend=backend)) as evaluation:
+                            settings=Settings(backend=backend, utility=utility)) as evaluation:
                 evaluation.plan(cases)
                 ids = {case.label: evaluation.run_case(case).case_id for case in cases}
                 used = evaluation.backend.name
@@ -385,6 +385,9 @@ def main() -> None:
     parser.add_argument("--backend", default="auto",
                         help="faceanon's recognizer (default auto: what a run uses)")
     parser.add_argument("--skip-paper", action="store_true")
+    parser.add_argument("--utility", action="store_true",
+                        help="measure utility per image too, as pytest bench does by default "
+                             "(off: the same work as the plain pool)")
     parser.add_argument("--skip-plain", action="store_true",
                         help="no plain face_recognition pool")
     parser.add_argument("--skip-seed-loop", action="store_true",
@@ -412,6 +415,7 @@ def main() -> None:
         attacks = parse_attacks(args.attacks)
         paper = grid_cases("paper", methods=AD_HOC, attacks=attacks)
         ours = run_pipeline(dataset, split, paper, workers=cores, backend=args.backend,
+                            utility=args.utility,
                             keep_scores=not args.skip_plain)
         faces = ours.encoded - ours.faceless
         detection = faces * costs.chip + ours.faceless * costs.no_face
