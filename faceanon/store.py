@@ -74,7 +74,6 @@ DEFAULT_THRESHOLD = DECISION_THRESHOLD
 CONFUSION_THRESHOLDS = (DECISION_THRESHOLD, 0.575)
 #: The schema version this faceanon writes and reads (``schema.sql``).
 SCHEMA_VERSION = 5
-RUN_STATUSES = ("running", "complete", "failed", "interrupted", "crashed")
 FINAL_STATUSES = ("complete", "failed", "interrupted")
 IMAGE_COLUMNS = ("key", "role", "method", "k", "sha256", "acquired", "faces_found", "backend",
                  "attack")
