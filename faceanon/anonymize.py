@@ -243,6 +243,11 @@ def _same_file_as_any(target: Path, jobs: list[Job]) -> Path | None:
     return None
 
 
+#: Formats whose frames are an animation (one scene over time), not separate pictures as
+#: the pages of a TIFF are: faces are followed across their frames.
+ANIMATED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})
+
+
 def frame_regions(
     frames: Sequence[np.ndarray],
     *,
@@ -250,12 +255,18 @@ def frame_regions(
     region: str = "face",
     margin: float = 0.0,
     on_miss: OnMiss | str = OnMiss.FAIL,
+    animated: bool = False,
 ):
-    """Where to anonymize each frame of one file: the per-frame loop.
+    """Where to anonymize each frame of one file.
 
     Each frame is searched on its own (:func:`faceanon.detect.anonymization_regions`,
-    which also applies the no-face rule). This is the one place that decides the boxes of
-    a file's frames, so that following faces across frames (tracking) can replace it.
+    which also applies the no-face rule). In an animation (``animated``, frames of one
+    size, face regions) the faces are then followed across frames with the video
+    tracker (:func:`faceanon.tracking.track_detections`), as :mod:`faceanon.video_anonymize`
+    does: a frame where the detector misses a face still gets that face's box (held a few
+    frames, following its motion), and the boxes of frames where it was found are kept
+    and only ever added to. Only a frame with neither a detection nor a tracked box falls
+    to the no-face rule.
 
     Parameters
     ----------
@@ -263,19 +274,40 @@ def frame_regions(
         The file's frames as RGB ``uint8``, in order.
     detector, region, margin, on_miss
         As in :func:`faceanon.detect.anonymization_regions`.
+    animated : bool, optional
+        Whether the frames are an animation (:data:`ANIMATED_FORMATS`), not separate
+        pictures.
 
     Returns
     -------
     list of faceanon.detect.Regions
         One per frame.
     """
-    from faceanon.detect import anonymization_regions
+    from faceanon.detect import Regions, anonymization_regions
 
-    return [
+    found = [
         anonymization_regions(frame, detector=detector, region=region, margin=margin,
                               on_miss=on_miss)
         for frame in frames
     ]
+    shapes = {frame.shape[:2] for frame in frames}
+    if not animated or region != "face" or len(frames) < 2 or len(shapes) != 1:
+        return found
+    from faceanon.tracking import track_detections
+
+    # The detections already carry the margin asked for; the tracker adds none to them.
+    tracked = track_detections([list(r.boxes) if r.found else [] for r in found],
+                               shapes.pop(), margin=0.0)
+    out = []
+    for per_frame, frame in zip(found, tracked, strict=True):
+        held = [box.box for box in frame.boxes if not box.detected]
+        if not held:
+            out.append(per_frame)
+        elif per_frame.found:
+            out.append(Regions(boxes=(*per_frame.boxes, *held), found=True))
+        else:  # a face the detector lost in this frame: covered by its track
+            out.append(Regions(boxes=tuple(held), found=True))
+    return out
 
 
 def frame_keys(key: str, count: int) -> list[str]:
@@ -376,7 +408,8 @@ def anonymize_files(
             return None
         views = document.rgb_frames()
         regions = frame_regions(views, detector=detector, region=region, margin=margin,
-                                on_miss=on_miss)
+                                on_miss=on_miss,
+                                animated=document.format in ANIMATED_FORMATS)
         result.frames = len(views)
         missing = [index for index, found in enumerate(regions) if not found.publishable]
         if missing:

@@ -72,6 +72,23 @@ def test_equal_to_dlib_on_real_faces(backends, chips_and_dlib):
 
 
 @pytest.mark.realdata
+@pytest.mark.slow
+def test_equal_to_dlib_on_the_paper_grids_500_faces(backends, lfw):
+    # The contract on the study's own sample: the 500 images of the paper grid's split
+    # (250 identities x 2), every face HOG finds, every embedding and every score.
+    split = protocol_split(lfw, identities=250, seed=0)
+    dlib_backend, torch_backend = backends
+    faces = [dlib_backend.face_chip(read_image(lfw.path(s)))
+             for s in (*split.gallery, *split.probes)]
+    chips = np.array([face.chip for face in faces if face.acquired])
+    assert len(faces) == 500 and len(chips) >= 480
+    theirs, ours = dlib_backend.encode_chips(chips), torch_backend.encode_chips(chips)
+    assert np.abs(ours - theirs).max() <= rt.CPU_TOLERANCE
+    scores = distance_matrix(list(ours), list(ours))
+    assert np.abs(scores - distance_matrix(list(theirs), list(theirs))).max() <= rt.CPU_TOLERANCE
+
+
+@pytest.mark.realdata
 def test_batching_does_not_change_embeddings(backends, chips_and_dlib):
     _, torch_backend = backends
     chips, reference = chips_and_dlib[0][:20], chips_and_dlib[1][:20]
