@@ -458,3 +458,29 @@ SELECT run_id, method, k,
        avg(seconds)                                              AS seconds_per_image
 FROM image_utility
 GROUP BY run_id, method, k;
+
+-- Detection retention by the stronger detectors, from what the detector attacks already
+-- saw (faceanon.attacks: detect:retinaface, detect:cnn; nothing is detected again), per
+-- (run, method, k, attack): of the anonymized images that attack processed whose original
+-- has a face the recognizer found, the share in which the attack's detector still finds a
+-- face. Unlike utility_metrics.retention (HOG, matched to the original's face by overlap)
+-- any face counts, so a background face found in an image whose main face is hidden counts
+-- too: an upper bound. Higher = more still detectable. A (method, k) without a detector
+-- attack has no row; one image counts once, whatever cases used it.
+CREATE OR REPLACE TEMP VIEW detector_retention AS
+WITH anonymized AS (
+    SELECT DISTINCT run_id, method, k, attack, key, faces_found > 0 AS found
+    FROM images
+    WHERE role = 'anonymized' AND attack LIKE 'detect:%'
+), originals AS (
+    SELECT DISTINCT run_id, key
+    FROM images
+    WHERE role = 'original' AND acquired
+)
+SELECT a.run_id, a.method, a.k, a.attack,
+       count(*)                                     AS n_images,
+       count(*) FILTER (WHERE a.found)              AS n_found,
+       count(*) FILTER (WHERE a.found) / count(*)   AS retention
+FROM anonymized a
+JOIN originals o USING (run_id, key)
+GROUP BY a.run_id, a.method, a.k, a.attack;

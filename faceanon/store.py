@@ -1395,6 +1395,20 @@ class ResultsDB:
             f"SELECT * FROM utility_metrics {where} ORDER BY run_id, method, k NULLS FIRST",
             {} if run_id is None else {"run_id": run_id}, views=True)
 
+    def detector_retention(self, *, run_id: int | None = None) -> list[dict]:
+        """The ``detector_retention`` rows (one per method, k and detector attack).
+
+        The share of anonymized images in which RetinaFace or dlib's CNN (the
+        ``detect:retinaface`` and ``detect:cnn`` attacks, where the run measured them)
+        still finds a face, among those whose original has one; see ``metrics.sql``.
+        Ordered by run, method, k (NULL k first) and attack.
+        """
+        where = "" if run_id is None else "WHERE run_id = $run_id"
+        return self._dicts(
+            f"SELECT * FROM detector_retention {where} "
+            "ORDER BY run_id, method, k NULLS FIRST, attack",
+            {} if run_id is None else {"run_id": run_id}, views=True)
+
     def per_image_timings(self, run_id: int) -> dict[tuple[int, str], float]:
         """Mean seconds per image of every timed step of a run's cases.
 

@@ -82,6 +82,14 @@ def frontier_report(tmp_path_factory):
     with ResultsDB(folder / "results.duckdb") as db:
         run = add_run(db, seed=3)
         made = _add_utility(db, run)
+        # what a detect:retinaface attack saw of blur 15: a face in 3 of the 4 images
+        # whose original has one (e.jpg has none and is not counted)
+        keys = ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
+        db.add_images(run, {"key": keys, "role": ["original"] * 5,
+                            "acquired": [True] * 4 + [False]})
+        db.add_images(run, {"key": keys, "role": ["anonymized"] * 5, "method": ["blur"] * 5,
+                            "k": [15] * 5, "attack": ["detect:retinaface"] * 5,
+                            "faces_found": [1, 1, 2, 0, 1]})
         worst = worst_case(leaderboard(db, run))
     page = render_report(folder / "results.duckdb", folder / "report", identities=0)
     return page, made, worst
@@ -106,6 +114,11 @@ def test_the_page_has_a_frontier_per_measure_and_a_row_per_variant(frontier_repo
     retention = {row: float(values[3]) for row, values in zip(rows, cells, strict=True)}
     assert retention[("blur", "15")] == 1.0
     assert float(retention[("pixelate", "10")]) == pytest.approx(4 / 12)
+    # the stronger detector's column, from the attack's own detections
+    assert "retinaface finds" in table
+    found = {row: values[13] for row, values in zip(rows, cells, strict=True)}
+    assert float(found[("blur", "15")]) == pytest.approx(0.75)
+    assert found[("pixelate", "10")] == ""  # no detector attack ran on it
 
 
 def test_a_run_without_utility_says_so(tmp_path):

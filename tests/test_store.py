@@ -32,7 +32,7 @@ from faceanon.store import (
 TABLES = {"runs", "cases", "images", "scores", "embeddings", "timings", "schema_version",
           "confusion_thresholds", "attack_trainings", "image_utility", "video_cases",
           "video_frames"}
-VIEWS = {"case_metrics", "confusion", "det_curve", "utility_metrics"}
+VIEWS = {"case_metrics", "confusion", "det_curve", "utility_metrics", "detector_retention"}
 
 
 def _start(db: ResultsDB, **overrides) -> int:

@@ -152,3 +152,21 @@ def test_a_version_2_database_gains_the_table_once(tmp_path):
             "SELECT column_name FROM information_schema.columns "
             "WHERE table_name = 'image_utility' ORDER BY ordinal_position").fetchall()]
         assert columns == ["run_id", *UTILITY_COLUMNS]
+
+
+def test_detector_retention_counts_each_image_once_among_originals_with_a_face(tmp_path):
+    with ResultsDB(tmp_path / "r.duckdb") as db:
+        run = _start(db)
+        # originals: a and b have a face, c has none (not counted)
+        db.add_images(run, {"key": ["a", "b", "c"], "role": ["original"] * 3,
+                            "acquired": [True, True, False], "faces_found": [1, 1, 0]})
+        anonymized = {"key": ["a", "b", "c", "a", "b", "a", "a"],
+                      "role": ["anonymized"] * 7, "method": ["blur"] * 7, "k": [15] * 7,
+                      "attack": ["detect:retinaface"] * 3 + ["detect:cnn"] * 2
+                      + ["detect", "detect:retinaface"],
+                      "faces_found": [2, 0, 1, 0, 0, 1, 2],
+                      "acquired": [True, False, True, False, False, True, True]}
+        db.add_images(run, anonymized)  # the last row: a again (another case's images)
+        rows = db.detector_retention(run_id=run)
+    assert [(r["attack"], r["n_images"], r["n_found"], r["retention"]) for r in rows] == [
+        ("detect:cnn", 2, 0, 0.0), ("detect:retinaface", 2, 1, 0.5)]

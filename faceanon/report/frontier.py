@@ -162,22 +162,36 @@ def frontier_figure(points: Sequence[Mapping], *, measure: str, chance: float | 
 
 
 def make_frontier(worst: Sequence[Mapping], utility: Sequence[Mapping], *,
-                  chance: float | None) -> dict | None:
+                  chance: float | None, detectors: Sequence[Mapping] = ()) -> dict | None:
     """What the page's frontier section shows; None when the run measured no utility.
+
+    Parameters
+    ----------
+    detectors : sequence of mapping, optional
+        ``detector_retention`` rows of the run (:meth:`faceanon.store.ResultsDB.
+        detector_retention`): each point gets ``found_by``, attack -> the share of its
+        images in which that detector still finds a face.
 
     Returns
     -------
     dict or None
-        ``points`` (:func:`frontier_points`) and ``figures``: one
-        ``{"measure", "label", "svg"}`` per measure that has a drawable point.
+        ``points`` (:func:`frontier_points`), ``figures``: one
+        ``{"measure", "label", "svg"}`` per measure that has a drawable point, and
+        ``detectors``: the detector attacks that have a column (sorted).
     """
     points = frontier_points(worst, utility)
     if not points:
         return None
+    found_by: dict[tuple, dict[str, float]] = {}
+    for row in detectors:
+        found_by.setdefault((row["method"], row["k"]), {})[row["attack"]] = row["retention"]
+    for point in points:
+        point["found_by"] = found_by.get((point["method"], point["k"]), {})
     figures, colours = [], method_colours(points)
     for measure, spec in UTILITY_MEASURES.items():
         svg = frontier_figure(points, measure=measure, chance=chance,
                               name=f"frontier-{measure}", colours=colours)
         if svg is not None:
             figures.append({"measure": measure, "label": spec["label"], "svg": svg})
-    return {"points": points, "figures": figures}
+    return {"points": points, "figures": figures,
+            "detectors": sorted({row["attack"] for row in detectors})}

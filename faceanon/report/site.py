@@ -212,7 +212,8 @@ def render_report(
                 comparison = compare_runs(base_rows, rows, protocols_match=not differences)
             pictures = make_pictures(db, run, rows, staging / "img", identities=identities)
             frontier = make_frontier(worst_case(rows), db.utility_metrics(run_id=int(run["id"])),
-                                     chance=chance_rank1(rows))
+                                     chance=chance_rank1(rows),
+                                     detectors=db.detector_retention(run_id=int(run["id"])))
             video = video_section(db, runs, staging / "img")
         context = {
             "run": run,
