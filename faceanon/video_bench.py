@@ -23,11 +23,13 @@ Identification (polarity and ties)
     person is identified in a frame when any face of the frame identifies them.
 
 The reference detector
-    "Detector missed" is judged against dlib's MMOD CNN face detector (up-sampled once) on
-    the original frames, a stronger detector than the HOG detector that anonymizes by
-    default, never against the anonymizing detector itself. A reference face counts as
-    covered when at least :data:`COVERED_SHARE` of its box lies inside the union of the
-    frame's anonymized boxes; each face's covered share is kept in the rows.
+    "Detector missed" is judged against a reference detector on the original frames, a
+    stronger one than the HOG detector that anonymizes by default, never against the
+    anonymizing detector itself: :func:`reference_faces` defaults to dlib's MMOD CNN
+    (up-sampled once); the video benchmark (:mod:`faceanon.benchmark.video`) uses
+    RetinaFace in every grid, which also finds the small faces the CNN misses. A reference
+    face counts as covered when at least :data:`COVERED_SHARE` of its box lies inside the
+    union of the frame's anonymized boxes; each face's covered share is kept in the rows.
 
 Metrics (:class:`ClipSummary`)
     * leak rate of a person: the share of frames in which the person is identified (higher
