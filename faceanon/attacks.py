@@ -91,6 +91,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from faceanon.errors import FaceanonError
 from faceanon.recognition import Encoding, FaceChip, image_sha256
 
 Box = tuple[int, int, int, int]
@@ -105,7 +106,7 @@ CHEAP_ATTACKS: tuple[str, ...] = ("detect", "located", "median", "deblur", "unpi
 DEFAULT_ATTACK = "detect"
 
 
-class AttackError(ValueError):
+class AttackError(FaceanonError, ValueError):
     """An attack was asked for something it cannot do (unknown name, wrong method, bad box)."""
 
 

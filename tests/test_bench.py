@@ -440,3 +440,33 @@ def test_benchmark_compare_shows_a_method_made_slower(lfw, tmp_path):
     assert slower.returncode != 0, slower.stdout + slower.stderr
     assert "Performance has regressed" in slower.stdout + slower.stderr
     assert "test_anonymize_speed[blur-k15]" in slower.stdout + slower.stderr
+
+
+@pytest.mark.parametrize("option, message", [
+    ("learned.images", "write ATTACK.KEY=VALUE"),
+    ("images=300", "write ATTACK.KEY=VALUE"),
+    ("median.size=3", "this run does not run the attack 'median'"),
+])
+def test_a_bad_attack_option_is_refused_at_collection(tmp_path, option, message):
+    result = run_bench(tmp_path, "--bench-data", str(tmp_path), "--bench-attacks", "learned",
+                       "--bench-attack-option", option)
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr, result.stderr
+
+
+def test_attack_option_values_are_numbers_booleans_or_text():
+    from faceanon.benchmark.run import _option_value
+
+    assert _option_value("300") == 300 and isinstance(_option_value("300"), int)
+    assert _option_value("4e-5") == pytest.approx(4e-5)
+    assert _option_value("False") is False and _option_value("true") is True
+    assert _option_value("deblur") == "deblur"
+
+
+def test_an_unknown_option_of_a_run_attack_names_the_known_ones(tmp_path):
+    result = run_bench(tmp_path, "-k", "test_privacy and learned", "--bench-data",
+                       str(tmp_path), "--bench-attacks", "learned", "--bench-methods",
+                       "pixelate", "--bench-k", "10", "--bench-modes", "naive",
+                       "--bench-attack-option", "learned.epochz=3")
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "epochz" in result.stderr and "epochs" in result.stderr, result.stderr

@@ -52,6 +52,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "methods it applies to; 'cheap' (the default): detect, located, "
                          "median, deblur, unpixelate, sharpen; 'all': every registered "
                          "attack, plugins included")
+    group.addoption("--bench-attack-option", action="append", default=[],
+                    metavar="ATTACK.KEY=VALUE",
+                    help="an option of one attack of the run, repeatable, e.g. "
+                         "learned.images=600 (numbers and true/false are parsed; the run's "
+                         "config records each attack's settings)")
     group.addoption("--bench-db", default=None,
                     help="DuckDB results file (default results.duckdb, as faceanon report)")
     group.addoption("--bench-seed", type=int, default=0)

@@ -49,6 +49,19 @@ def _stats(name: str, seconds: list[float], unit: str) -> dict:
     }
 
 
+def _option_value(text: str):
+    """A ``--bench-attack-option`` value: an int, a float, true/false, else the text."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _split_list(value: str | None, cast=str) -> list | None:
     return [cast(v) for v in value.split(",")] if value else None
 
@@ -115,6 +128,30 @@ class BenchRun:
 
         return parse_attacks(self.option("attacks"))
 
+    def attack_options(self) -> dict[str, dict]:
+        """attack name -> keyword options, from ``--bench-attack-option ATTACK.KEY=VALUE``.
+
+        Raises
+        ------
+        faceanon.attacks.AttackError
+            For a malformed option, or one naming an attack the run does not run.
+        """
+        from faceanon.attacks import AttackError
+
+        running = self.attack_names()
+        options: dict[str, dict] = {}
+        for text in self.option("attack-option") or ():
+            target, equals, value = text.partition("=")
+            name, dot, key = target.rpartition(".")
+            if not equals or not dot or not name or not key:
+                raise AttackError(f"--bench-attack-option {text!r}: write ATTACK.KEY=VALUE, "
+                                  "e.g. learned.images=600")
+            if name not in running:
+                raise AttackError(f"--bench-attack-option {text!r}: this run does not run "
+                                  f"the attack {name!r} (--bench-attacks: {', '.join(running)})")
+            options.setdefault(name, {})[key] = _option_value(value)
+        return options
+
     def planned_variants(self) -> list[Variant]:
         from faceanon.benchmark.grids import variants
 
@@ -165,6 +202,12 @@ class BenchRun:
         from faceanon.detect import REGIONS, DetectorError, get_detector
 
         self.planned = cases
+        # A bad --bench-attack-option (malformed, for an attack not run, a key the attack
+        # does not take) fails here too: making the attack checks its options.
+        from faceanon.attacks import get_attack
+
+        for name, options in self.attack_options().items():
+            get_attack(name, **options)
         # An unknown executor fails here, once, before the data is listed; its notes (an
         # option it ignores) are said here, where pytest does not capture them.
         for note in self.executor().notes():
@@ -257,7 +300,9 @@ class BenchRun:
         for case in self.planned:
             if case.method is not None:
                 self.method(case.method)
-        attacks = {name: get_attack(name) for name in self.attack_names()}
+        options = self.attack_options()
+        attacks = {name: get_attack(name, **options.get(name, {}))
+                   for name in self.attack_names()}
         self.db = ResultsDB(self.db_path)
         commit, dirty = provenance.git_state(Path(self.config.rootpath))
         self.run_id = self.db.start_run(
