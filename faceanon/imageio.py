@@ -98,7 +98,7 @@ def write_image(path: os.PathLike | str, image: np.ndarray, *, quality: int = 95
         picture.save(handle, format=Image.registered_extensions()[suffix], **options)
 
 
-def create_partial(path: os.PathLike | str, *, suffix: str = "") -> tuple[int, Path]:
+def create_partial(path: os.PathLike | str) -> tuple[int, Path]:
     """Create a new, empty hidden file beside ``path`` to be renamed to it once complete.
 
     Returns its open descriptor (write only) and its path. The mode is 0666 filtered by the
@@ -110,7 +110,7 @@ def create_partial(path: os.PathLike | str, *, suffix: str = "") -> tuple[int, P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        temporary = path.parent / f".partial-{secrets.token_hex(6)}-{path.name}{suffix}"
+        temporary = path.parent / f".partial-{secrets.token_hex(6)}-{path.name}"
         try:
             return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temporary
         except FileExistsError:

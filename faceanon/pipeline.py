@@ -266,8 +266,8 @@ class _Chipped:
     attack: str = DEFAULT_ATTACK
     encoder: str = ""
     cache_key: str = ""
-    #: The attack object whose ``encode_chips`` describes the chip (None: the backend's
-    #: own network, as for originals and every attack without a network of its own).
+    #: The attack whose ``encode_chips`` describes the chip (its own network, or the
+    #: recognizer's by default); None for an original, which the recognizer describes.
     encoded_by: Attack | None = None
     utility: object = None
 
@@ -314,8 +314,9 @@ def _attacked_chips(key: str, anonymized: np.ndarray, anonymize_seconds: float, 
     falls back to detection). With ``job.utility`` (the original's reference), the
     image's utility is measured here too, once, on the first attack's row.
     """
-    regions, face_box, attacks = job.regions, job.face_box, job.attacks
     from faceanon.detect import clip_box
+
+    regions, face_box, attacks = job.regions, job.face_box, job.attacks
 
     backend = _WORKER["backend"]
     sha = image_sha256(anonymized)
@@ -353,9 +354,8 @@ def _encode_batch(chipped: list[_Chipped]) -> list[Encoded]:
     learned attacker), so a tuned attack is never scored by the plain recognizer, else
     through the recognizer. Batching per attack also keeps a case's scores independent of
     which other attacks run beside it: which chips share a batch moves a torch distance by
-    about 1e-8. Each image's
-    ``encode_seconds`` is its own restoration, detection and chip plus an equal share of
-    its group's network time.
+    about 1e-8. Each image's ``encode_seconds`` is its own restoration, detection and chip
+    plus an equal share of its group's network time.
     """
     backend = _WORKER["backend"]
     groups: dict[int, list[int]] = {}
